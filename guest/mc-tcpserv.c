@@ -1,0 +1,135 @@
+/*
+ * mc-tcpserv: a TCP server for testing connections across a failover.
+ *
+ * Usage: mc-tcpserv [port] [interval-ms]
+ * For every client (one process each):
+ *  - sends "srv <n>\n" every interval-ms, n = 1, 2, 3, ... (a numbered
+ *    stream: a client sees any gap, duplicate or reset);
+ *  - answers each line "cli <n>\n" it receives with "echo <n>\n" (an echo
+ *    for round-trip latency and loss checks on the client's side).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+static int write_all(int fd, const char *p, size_t len)
+{
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return -1;
+        }
+        p += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static void serve(int fd, int interval)
+{
+    char in[4096], line[64];
+    size_t used = 0;
+    unsigned long long seq = 0;
+    long long next = now_ms();
+    int one = 1;
+
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    for (;;) {
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        long long wait = next - now_ms();
+        int r;
+
+        if (interval > 0 && wait <= 0) {
+            int len = snprintf(line, sizeof(line), "srv %llu\n", ++seq);
+            if (write_all(fd, line, len) < 0) {
+                return;
+            }
+            next += interval;
+            continue;
+        }
+        r = poll(&pfd, 1, interval > 0 ? (int)wait : -1);
+        if (r < 0 && errno != EINTR) {
+            return;
+        }
+        if (r > 0) {
+            ssize_t n = read(fd, in + used, sizeof(in) - 1 - used);
+            char *nl, *p = in;
+
+            if (n <= 0) {
+                return;
+            }
+            used += n;
+            in[used] = 0;
+            while ((nl = strchr(p, '\n'))) {
+                unsigned long long c;
+
+                *nl = 0;
+                if (sscanf(p, "cli %llu", &c) == 1) {
+                    int len = snprintf(line, sizeof(line), "echo %llu\n", c);
+                    if (write_all(fd, line, len) < 0) {
+                        return;
+                    }
+                }
+                p = nl + 1;
+            }
+            used -= p - in;
+            memmove(in, p, used);
+            if (used == sizeof(in) - 1) {
+                used = 0; /* a line this long is not ours: drop it */
+            }
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int port = argc > 1 ? atoi(argv[1]) : 7000;
+    int interval = argc > 2 ? atoi(argv[2]) : 100;
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    int one = 1, s = socket(AF_INET, SOCK_STREAM, 0);
+
+    signal(SIGCHLD, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    sa.sin_port = htons(port);
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        listen(s, 16) < 0) {
+        perror("mc-tcpserv");
+        return 1;
+    }
+    printf("mc-tcpserv: listening on %d\n", port);
+    fflush(stdout);
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) {
+            continue;
+        }
+        if (fork() == 0) {
+            close(s);
+            serve(c, interval);
+            _exit(0);
+        }
+        close(c);
+    }
+}
