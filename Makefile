@@ -23,7 +23,9 @@ QEMU_CONFIGURE := --target-list=x86_64-softmmu --without-default-features \
 	--python=/usr/bin/python3 \
 	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
 
-NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test
+# Our unit tests and qtests are named test-mc-* / mc-*: add each one here.
+NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
+	tests/unit/test-mc-wire
 
 .PHONY: all setup base configure build guest check test demo clean distclean
 
@@ -35,16 +37,11 @@ setup:
 base:
 	@bash scripts/prepare-base.sh
 
-$(OBJ)/build.ninja: scripts/prepare-base.sh Makefile
-	@bash scripts/prepare-base.sh
-	rm -rf $(OBJ) && mkdir -p $(OBJ)
-	cd $(OBJ) && $(SRC)/configure $(QEMU_CONFIGURE) \
+configure: base
+	@bash scripts/configure-qemu.sh $(OBJ) $(SRC) $(QEMU_CONFIGURE) \
 		--with-pkgversion="$$(sed 's/^1://' $(BUILD)/base-version)-mc"
 
-configure: $(OBJ)/build.ninja
-
-build: $(OBJ)/build.ninja
-	@bash scripts/prepare-base.sh
+build: configure
 	ninja -C $(OBJ) -j$(JOBS) $(NINJA_TARGETS)
 	@bash scripts/link-firmware.sh $(OBJ)
 	@$(OBJ)/qemu-system-x86_64 --version | head -n 1
@@ -53,7 +50,7 @@ guest:
 	@bash scripts/build-guest.sh
 
 test: build guest
-	@bash scripts/run-tests.sh
+	@/usr/bin/python3 tests/mc/run.py
 
 check: setup
 	@$(MAKE) --no-print-directory test

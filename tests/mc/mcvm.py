@@ -1,0 +1,194 @@
+"""Helpers for the MC fork's functional tests: start QEMU, talk QMP.
+
+Only the Python standard library is used, so the tests run with Debian's
+/usr/bin/python3 and nothing else.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+BUILD = os.environ.get('MC_BUILD_DIR', os.path.join(TOP, 'build'))
+QEMU = os.path.join(BUILD, 'qemu', 'qemu-system-x86_64')
+GUEST = os.path.join(BUILD, 'guest')
+
+
+class Skip(Exception):
+    """The test cannot run on this machine; the message says why."""
+
+
+class QMPError(Exception):
+    pass
+
+
+class QMP:
+    """A minimal QMP client over a UNIX socket."""
+
+    def __init__(self, path, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.sock.settimeout(timeout)
+        self.buf = b''
+        self.events = []
+        greeting = self._read()
+        assert 'QMP' in greeting, greeting
+        self.cmd('qmp_capabilities')
+
+    def _read(self):
+        while b'\n' not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise QMPError('QMP connection closed')
+            self.buf += data
+        line, self.buf = self.buf.split(b'\n', 1)
+        return json.loads(line)
+
+    def cmd_raw(self, name, **args):
+        msg = {'execute': name}
+        if args:
+            msg['arguments'] = args
+        self.sock.sendall(json.dumps(msg).encode() + b'\n')
+        while True:
+            resp = self._read()
+            if 'event' in resp:
+                self.events.append(resp)
+                continue
+            return resp
+
+    def cmd(self, name, **args):
+        resp = self.cmd_raw(name, **args)
+        if 'error' in resp:
+            raise QMPError('%s: %s' % (name, resp['error']['desc']))
+        return resp['return']
+
+    def hmp(self, line):
+        return self.cmd('human-monitor-command', **{'command-line': line})
+
+    def wait_event(self, name, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev['event'] == name:
+                    return self.events.pop(i)
+            left = deadline - time.time()
+            if left <= 0:
+                raise TimeoutError('no %s event' % name)
+            self.sock.settimeout(left)
+            try:
+                self.events.append(self._read())
+            except socket.timeout:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+class VM:
+    """One QEMU process with a QMP socket and a serial log file."""
+
+    def __init__(self, name, args, workdir):
+        self.name = name
+        self.qmp_path = os.path.join(workdir, name + '.qmp')
+        self.serial_path = os.path.join(workdir, name + '.serial')
+        self.log_path = os.path.join(workdir, name + '.log')
+        cmd = [QEMU, '-name', name, '-nodefaults', '-display', 'none',
+               '-qmp', 'unix:%s,server=on,wait=off' % self.qmp_path,
+               '-serial', 'file:' + self.serial_path] + args
+        self.log = open(self.log_path, 'w')
+        self.proc = subprocess.Popen(cmd, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        try:
+            self.qmp = QMP(self.qmp_path)
+        except Exception:
+            self.kill()
+            raise RuntimeError('%s did not start: %s' % (name, self.output()))
+
+    def serial(self):
+        try:
+            with open(self.serial_path, errors='replace') as f:
+                return f.read()
+        except FileNotFoundError:
+            return ''
+
+    def wait_serial(self, text, timeout=60, start=0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            pos = self.serial().find(text, start)
+            if pos >= 0:
+                return pos
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise TimeoutError('%s: no %r on the serial console' % (self.name, text))
+
+    def output(self):
+        try:
+            with open(self.log_path) as f:
+                return f.read()[-2000:]
+        except FileNotFoundError:
+            return ''
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def quit(self):
+        if self.proc.poll() is None:
+            try:
+                self.qmp.cmd('quit')
+            except Exception:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def guest_args(append='', mem='256M', extra=()):
+    """Command line for the Linux test guest under TCG."""
+    kernel = os.path.join(GUEST, 'vmlinuz')
+    initrd = os.path.join(GUEST, 'initrd.img')
+    if not os.path.exists(kernel):
+        raise Skip('test guest not built (make guest)')
+    return ['-accel', 'tcg', '-machine', 'q35', '-m', mem,
+            '-kernel', kernel, '-initrd', initrd,
+            '-append', 'console=ttyS0 panic=-1 quiet ' + append] + list(extra)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_migration(qmp, want, timeout=120, bad=('failed', 'cancelled')):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = qmp.cmd('query-migrate').get('status')
+        if st == want:
+            return
+        if st in bad:
+            raise AssertionError('migration went %s, wanted %s' % (st, want))
+        time.sleep(0.1)
+    raise TimeoutError('migration not %s after %ds' % (want, timeout))
+
+
+def workdir(name):
+    return tempfile.mkdtemp(prefix='mc-%s-' % name)
