@@ -27,6 +27,7 @@ int main(int argc, char **argv)
     size_t mib = argc > 1 ? strtoul(argv[1], NULL, 0) : 32;
     double pps = argc > 2 ? strtod(argv[2], NULL) : 0;
     size_t pages = mib * 256, i = 0;
+    /* volatile: every store must reach memory, that is the workload */
     volatile uint8_t *buf = malloc(mib << 20);
     uint64_t total = 0, last_total = 0;
     double start = now(), last = start;
@@ -60,7 +61,8 @@ int main(int argc, char **argv)
         }
         if (t - last >= 1.0) {
             printf("mc-dirty: t=%.0f pages=%llu rate=%.0f\n", t - start,
-                   (unsigned long long)total, (total - last_total) / (t - last));
+                   (unsigned long long)total,
+                   (total - last_total) / (t - last));
             last = t;
             last_total = total;
         }

@@ -15,14 +15,17 @@ def run_check(tree):
 
 
 def clone():
+    """A throwaway git repository holding this working tree as it is."""
     tree = tempfile.mkdtemp(prefix='mc-fork-')
-    subprocess.run(['git', 'clone', '-q', '--no-local', TOP, tree], check=True)
-    # Include uncommitted changes to tracked files so the check sees the
-    # working tree as it is.
-    diff = subprocess.run(['git', '-C', TOP, 'diff', 'HEAD'],
-                          capture_output=True, check=True).stdout
-    if diff:
-        subprocess.run(['git', '-C', tree, 'apply'], input=diff, check=True)
+    files = subprocess.run(['git', '-C', TOP, 'ls-files', '-z', '--cached',
+                            '--others', '--exclude-standard'],
+                           capture_output=True, check=True).stdout
+    for f in filter(None, files.decode().split('\0')):
+        if os.path.exists(os.path.join(TOP, f)):
+            os.makedirs(os.path.dirname(os.path.join(tree, f)), exist_ok=True)
+            shutil.copy2(os.path.join(TOP, f), os.path.join(tree, f))
+    subprocess.run(['git', '-C', tree, 'init', '-q'], check=True)
+    subprocess.run(['git', '-C', tree, 'add', '-A'], check=True)
     return tree
 
 

@@ -8,7 +8,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "io/channel-socket.h"
-#include "../../migration/mc-wire.h"
+#include "../migration/mc-wire.h"
 
 static void make_pair(QIOChannel **a, QIOChannel **b)
 {

@@ -1,0 +1,127 @@
+/*
+ * Micro-checkpointing (MC): the staging buffer, a fixed-size QIOChannel.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/iov.h"
+#include "qemu/module.h"
+#include "mc-staging.h"
+#include "trace.h"
+
+MCStaging *mc_staging_new(size_t capacity, Error **errp)
+{
+    MCStaging *st;
+    /*
+     * Large allocations come from mmap: pages are committed only when a
+     * checkpoint first reaches them, so memory use follows the largest
+     * checkpoint so far, bounded by @capacity.
+     */
+    uint8_t *data = g_try_malloc(capacity);
+
+    if (!data) {
+        error_setg(errp, "MC: cannot allocate a %zu-byte staging buffer",
+                   capacity);
+        return NULL;
+    }
+    st = MC_STAGING(object_new(TYPE_MC_STAGING));
+    st->data = data;
+    st->capacity = capacity;
+    trace_mc_staging_new(capacity);
+    return st;
+}
+
+void mc_staging_rewind(MCStaging *st)
+{
+    st->used = 0;
+    st->offset = 0;
+    st->overflow = false;
+}
+
+void mc_staging_set_readable(MCStaging *st, size_t len)
+{
+    assert(len <= st->capacity);
+    st->used = len;
+    st->offset = 0;
+    st->overflow = false;
+    st->high_water = MAX(st->high_water, len);
+}
+
+static ssize_t mc_staging_writev(QIOChannel *ioc, const struct iovec *iov,
+                                 size_t niov, int *fds, size_t nfds,
+                                 int flags, Error **errp)
+{
+    MCStaging *st = MC_STAGING(ioc);
+    size_t len = iov_size(iov, niov);
+
+    if (len > st->capacity - st->used) {
+        /* Never grow: the caller must take a smaller checkpoint instead. */
+        st->overflow = true;
+        trace_mc_staging_overflow(st->used, len, st->capacity);
+        error_setg_errno(errp, ENOSPC, "MC: checkpoint does not fit in the "
+                         "%zu-byte staging buffer", st->capacity);
+        return -1;
+    }
+    iov_to_buf(iov, niov, 0, st->data + st->used, len);
+    st->used += len;
+    st->high_water = MAX(st->high_water, st->used);
+    return len;
+}
+
+static ssize_t mc_staging_readv(QIOChannel *ioc, const struct iovec *iov,
+                                size_t niov, int **fds, size_t *nfds,
+                                int flags, Error **errp)
+{
+    MCStaging *st = MC_STAGING(ioc);
+    size_t len = MIN(iov_size(iov, niov), st->used - st->offset);
+
+    iov_from_buf(iov, niov, 0, st->data + st->offset, len);
+    st->offset += len;
+    return len;     /* 0 at the end of the checkpoint: end of file */
+}
+
+static int mc_staging_set_blocking(QIOChannel *ioc, bool enabled,
+                                   Error **errp)
+{
+    return 0;       /* memory never blocks */
+}
+
+static int mc_staging_close(QIOChannel *ioc, Error **errp)
+{
+    return 0;
+}
+
+static void mc_staging_finalize(Object *obj)
+{
+    MCStaging *st = MC_STAGING(obj);
+
+    g_free(st->data);
+    st->data = NULL;
+}
+
+static void mc_staging_class_init(ObjectClass *klass, void *data)
+{
+    QIOChannelClass *ioc_klass = QIO_CHANNEL_CLASS(klass);
+
+    ioc_klass->io_writev = mc_staging_writev;
+    ioc_klass->io_readv = mc_staging_readv;
+    ioc_klass->io_set_blocking = mc_staging_set_blocking;
+    ioc_klass->io_close = mc_staging_close;
+}
+
+static const TypeInfo mc_staging_info = {
+    .parent = TYPE_QIO_CHANNEL,
+    .name = TYPE_MC_STAGING,
+    .instance_size = sizeof(MCStaging),
+    .instance_finalize = mc_staging_finalize,
+    .class_init = mc_staging_class_init,
+};
+
+static void mc_staging_register_types(void)
+{
+    type_register_static(&mc_staging_info);
+}
+
+type_init(mc_staging_register_types);

@@ -1,0 +1,44 @@
+/*
+ * Micro-checkpointing (MC): the staging buffer.
+ *
+ * A checkpoint is first copied into this buffer while the VM is paused
+ * (a local memory copy), and sent from it after the VM has resumed.  On
+ * the standby a received checkpoint lands here and is verified before it
+ * is applied.  The buffer is allocated once, when MC starts, and never
+ * grows: a write past its capacity fails, and the MC loop reacts by
+ * taking checkpoints earlier.  It is a QIOChannel so that the ordinary
+ * migration code (QEMUFile, RAM and device savers/loaders) reads and
+ * writes checkpoints without knowing about MC.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef QEMU_MIGRATION_MC_STAGING_H
+#define QEMU_MIGRATION_MC_STAGING_H
+
+#include "io/channel.h"
+#include "qom/object.h"
+
+#define TYPE_MC_STAGING "mc-staging-channel"
+OBJECT_DECLARE_SIMPLE_TYPE(MCStaging, MC_STAGING)
+
+struct MCStaging {
+    QIOChannel parent;
+    uint8_t *data;
+    size_t capacity;    /* fixed at creation */
+    size_t used;        /* bytes of the current checkpoint */
+    size_t offset;      /* read position */
+    size_t high_water;  /* most bytes ever used: memory actually touched */
+    bool overflow;      /* a write did not fit since the last rewind */
+};
+
+/* Allocate a staging buffer of @capacity bytes; NULL with @errp if not. */
+MCStaging *mc_staging_new(size_t capacity, Error **errp);
+
+/* Start a new checkpoint: empty the buffer, clear the overflow flag. */
+void mc_staging_rewind(MCStaging *st);
+
+/* Make the first @len bytes readable from the start (after a receive). */
+void mc_staging_set_readable(MCStaging *st, size_t len);
+
+#endif

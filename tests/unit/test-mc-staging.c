@@ -1,0 +1,109 @@
+/*
+ * Unit tests for the MC staging buffer: a fixed-size channel that the
+ * ordinary QEMUFile code writes checkpoints into and reads them from.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/module.h"
+#include "migration/qemu-file-types.h"
+#include "../migration/qemu-file.h"
+#include "../migration/mc-staging.h"
+
+static void fill(uint8_t *buf, size_t len, uint8_t seed)
+{
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        buf[i] = seed + i * 7;
+    }
+}
+
+/* One output QEMUFile serves checkpoint after checkpoint, in place. */
+static void test_write_rewind_reuse(void)
+{
+    MCStaging *st = mc_staging_new(1 << 20, &error_abort);
+    QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(st));
+    uint8_t *data = st->data;
+    g_autofree uint8_t *a = g_malloc(300000), *b = g_malloc(1000);
+
+    fill(a, 300000, 1);
+    fill(b, 1000, 2);
+    qemu_put_buffer(f, a, 300000);
+    g_assert_cmpint(qemu_fflush(f), ==, 0);
+    g_assert_cmpuint(st->used, ==, 300000);
+    g_assert_cmpmem(st->data, 300000, a, 300000);
+
+    mc_staging_rewind(st);
+    qemu_put_buffer(f, b, 1000);
+    g_assert_cmpint(qemu_fflush(f), ==, 0);
+    g_assert_cmpuint(st->used, ==, 1000);
+    g_assert_cmpmem(st->data, 1000, b, 1000);
+    g_assert_true(st->data == data);            /* never reallocated */
+    g_assert_cmpuint(st->high_water, ==, 300000);
+    g_assert_cmpint(qemu_file_get_error(f), ==, 0);
+    qemu_fclose(f);
+    object_unref(OBJECT(st));
+}
+
+/* A checkpoint larger than the buffer fails; the buffer does not grow. */
+static void test_overflow(void)
+{
+    MCStaging *st = mc_staging_new(64 * 1024, &error_abort);
+    QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(st));
+    g_autofree uint8_t *big = g_malloc0(200 * 1024);
+
+    qemu_put_buffer(f, big, 200 * 1024);
+    qemu_fflush(f);
+    g_assert_true(st->overflow);
+    g_assert_cmpint(qemu_file_get_error(f), !=, 0);
+    g_assert_cmpuint(st->capacity, ==, 64 * 1024);
+    g_assert_cmpuint(st->used, <=, st->capacity);
+    mc_staging_rewind(st);
+    g_assert_false(st->overflow);
+    qemu_fclose(f);
+    object_unref(OBJECT(st));
+}
+
+/* A received checkpoint is read back through a QEMUFile, then EOF. */
+static void test_read(void)
+{
+    MCStaging *st = mc_staging_new(4096, &error_abort);
+    QEMUFile *f;
+    uint8_t src[3000], dst[3000], extra;
+
+    fill(src, sizeof(src), 3);
+    memcpy(st->data, src, sizeof(src));
+    mc_staging_set_readable(st, sizeof(src));
+    f = qemu_file_new_input(QIO_CHANNEL(st));
+    g_assert_cmpuint(qemu_get_buffer(f, dst, sizeof(dst)), ==, sizeof(dst));
+    g_assert_cmpmem(dst, sizeof(dst), src, sizeof(src));
+    g_assert_cmpint(qemu_file_get_error(f), ==, 0);
+    /* reading past the checkpoint is an end of file, not stale data */
+    g_assert_cmpuint(qemu_get_buffer(f, &extra, 1), ==, 0);
+    g_assert_cmpint(qemu_file_get_error(f), !=, 0);
+    qemu_fclose(f);
+    object_unref(OBJECT(st));
+}
+
+static void test_alloc_failure(void)
+{
+    Error *err = NULL;
+
+    g_assert_null(mc_staging_new(SIZE_MAX / 2, &err));
+    g_assert_nonnull(err);
+    error_free(err);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    module_call_init(MODULE_INIT_QOM);
+    g_test_add_func("/mc/staging/write-rewind-reuse", test_write_rewind_reuse);
+    g_test_add_func("/mc/staging/overflow", test_overflow);
+    g_test_add_func("/mc/staging/read", test_read);
+    g_test_add_func("/mc/staging/alloc-failure", test_alloc_failure);
+    return g_test_run();
+}
