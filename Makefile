@@ -25,7 +25,7 @@ QEMU_CONFIGURE := --target-list=x86_64-softmmu --without-default-features \
 
 # Our unit tests and qtests are named test-mc-* / mc-*: add each one here.
 NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
-	tests/unit/test-mc-wire tests/unit/test-mc-staging
+	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/qtest/mc-test
 
 .PHONY: all setup base configure build guest check test demo clean distclean
 

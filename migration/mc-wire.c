@@ -30,6 +30,7 @@ static const char *const mc_msg_names[MC_MSG__MAX] = {
     [MC_MSG_ACK] = "ack",
     [MC_MSG_NACK] = "nack",
     [MC_MSG_STANDBY_HEARTBEAT] = "standby-heartbeat",
+    [MC_MSG_READY] = "ready",
 };
 
 const char *mc_msg_name(unsigned type)
@@ -155,7 +156,7 @@ int mc_wire_recv_header(QIOChannel *ioc, uint64_t max_len, MCWireHeader *h,
         return ret;
     }
     if (mc_wire_decode(hdr, max_len, h, errp) < 0) {
-        return -1;
+        return MC_WIRE_BAD_HEADER;
     }
     trace_mc_wire_recv(mc_msg_name(h->type), h->epoch, h->len);
     return 1;

@@ -28,6 +28,7 @@ typedef enum MCMsgType {
     MC_MSG_ACK = 16,        /* checkpoint <epoch> received intact */
     MC_MSG_NACK = 17,       /* checkpoint <epoch> refused; flags: reason */
     MC_MSG_STANDBY_HEARTBEAT = 18,
+    MC_MSG_READY = 19,      /* the initial state is loaded: start MC */
     MC_MSG__MAX,
 } MCMsgType;
 
@@ -67,10 +68,13 @@ int mc_wire_send(QIOChannel *ioc, MCMsgType type, uint32_t flags,
                  uint64_t epoch, const struct iovec *iov, size_t niov,
                  Error **errp);
 
+#define MC_WIRE_BAD_HEADER  (-2)
+
 /*
  * Receive one header (blocking).  Returns 1 on a valid header, 0 on a
- * clean end of stream before any byte of it, -1 with @errp otherwise
- * (truncated or invalid header, or an I/O error).
+ * clean end of stream before any byte of it, -1 with @errp on an I/O
+ * error or a truncated header, MC_WIRE_BAD_HEADER with @errp when the
+ * header arrived whole but is invalid (the peer speaks nonsense).
  */
 int mc_wire_recv_header(QIOChannel *ioc, uint64_t max_len, MCWireHeader *h,
                         Error **errp);

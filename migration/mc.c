@@ -1,0 +1,1055 @@
+/*
+ * Micro-checkpointing (MC): the checkpoint loop, the standby, failover.
+ *
+ * Primary (source), on the migration thread once precopy has brought the
+ * standby up to date (migration_iteration_finish, state "mc"):
+ *   mc_checkpoint_take()   VM paused: dirty RAM + devices -> staging buffer
+ *   mc_checkpoint_send()   VM running: staging -> standby, wait for its ACK
+ * Standby (destination), on the "mc-rx" thread:
+ *   mc_checkpoint_receive() whole checkpoint -> staging, verified, ACKed
+ *   mc_checkpoint_apply()   staging -> guest RAM and devices, BQL held
+ * Both sides run an "mc-hb" thread that sends heartbeats and declares the
+ * peer lost when it goes silent; what a side then does is mc_peer_lost()
+ * and the failover policy (mc-failover-policy).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/error-report.h"
+#include "qemu/main-loop.h"
+#include "qemu/thread.h"
+#include "qemu/timer.h"
+#include "qemu/coroutine.h"
+#include "qapi/error.h"
+#include "qapi/qapi-commands-mc.h"
+#include "qapi/qapi-commands-migration.h"
+#include "qapi/qapi-events-mc.h"
+#include "qobject/qdict.h"
+#include "io/channel.h"
+#include "migration/global_state.h"
+#include "migration/misc.h"
+#include "monitor/monitor.h"
+#include "monitor/hmp.h"
+#include "system/runstate.h"
+#include "system/system.h"
+#include "migration.h"
+#include "migration-stats.h"
+#include "options.h"
+#include "qemu-file.h"
+#include "savevm.h"
+#include "mc.h"
+#include "mc-staging.h"
+#include "mc-wire.h"
+#include "trace.h"
+
+/* How many times the primary resends a checkpoint the standby refused. */
+#define MC_MAX_RESENDS          3
+/* How long the primary waits for the standby to load the initial state. */
+#define MC_READY_TIMEOUT_MS     60000
+/* Receive a checkpoint in pieces, so a long one still counts as traffic. */
+#define MC_RECV_CHUNK           (1 * MiB)
+
+typedef struct MCSession {
+    MCRole role;
+    QIOChannel *ioc;
+    MCStaging *staging;
+    QEMUFile *sfile;            /* primary: output, standby: input */
+
+    QemuThread rx_thread;
+    QemuThread hb_thread;
+    bool rx_started, hb_started;
+    QemuSemaphore hb_sem;       /* posted to stop the heartbeat thread */
+    QemuMutex send_lock;        /* one message at a time on the wire */
+
+    /* Protected by lock; cond wakes the primary loop */
+    QemuMutex lock;
+    QemuCond cond;
+    bool ready;                 /* standby loaded the initial state */
+    uint64_t acked_epoch;
+    uint64_t nacked_epoch;
+    uint32_t nack_reason;
+    bool lost;                  /* the peer is gone, for loss_reason */
+    MCLossReason loss_reason;   /* the first detection wins */
+    bool stop_received;         /* standby: primary said leave MC */
+    bool failover_requested;    /* mc-failover */
+    bool cancel_requested;      /* primary: migrate_cancel */
+    bool finished;              /* standby: rx thread is done */
+
+    int64_t last_rx_us;         /* atomic */
+    int64_t last_tx_us;         /* atomic */
+
+    /* Standby */
+    int outcome;                /* MC_OUTCOME_*, once finished */
+    MigrationIncomingState *mis;
+    Coroutine *co;
+    uint64_t applied_epoch;
+
+    MCInfo stats;               /* protected by lock */
+    uint64_t pause_total_us, transfer_total_us;
+} MCSession;
+
+static MCSession *mc_current;
+static MCInfo *mc_last_stats;   /* kept for query-migrate after MC ends */
+
+enum {
+    MC_OUTCOME_NONE,
+    MC_OUTCOME_FAILOVER,        /* resume the guest here */
+    MC_OUTCOME_STOP,            /* stay stopped */
+    MC_OUTCOME_WAIT,            /* wait for mc-failover */
+};
+
+enum {
+    MC_NACK_CORRUPT = 1,
+    MC_NACK_ORDER = 2,
+    MC_NACK_APPLY_FAILED = 3,
+};
+
+enum {
+    MC_STOP_CANCEL = 1,         /* migrate_cancel, or QEMU is quitting */
+    MC_STOP_DROPPED = 2,        /* the primary runs on without the standby */
+};
+
+static int64_t mc_now_us(void)
+{
+    return qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+}
+
+static MCSession *mc_session_new(MCRole role, QIOChannel *ioc, Error **errp)
+{
+    MCSession *mc;
+    MCStaging *st = mc_staging_new(migrate_mc_max_buffer_size(), errp);
+
+    if (!st) {
+        return NULL;
+    }
+    mc = g_new0(MCSession, 1);
+    mc->role = role;
+    mc->ioc = ioc;
+    object_ref(OBJECT(ioc));
+    mc->staging = st;
+    mc->sfile = role == MC_ROLE_PRIMARY ?
+        qemu_file_new_output(QIO_CHANNEL(st)) :
+        qemu_file_new_input(QIO_CHANNEL(st));
+    qemu_sem_init(&mc->hb_sem, 0);
+    qemu_mutex_init(&mc->send_lock);
+    qemu_mutex_init(&mc->lock);
+    qemu_cond_init(&mc->cond);
+    mc->last_rx_us = mc->last_tx_us = mc_now_us();
+    mc->stats.role = role;
+    mc->stats.staging_size = st->capacity;
+    return mc;
+}
+
+/* Keep the statistics for query-migrate, then free the session. */
+static void mc_session_free(MCSession *mc)
+{
+    MCInfo *info = g_new(MCInfo, 1);
+
+    qemu_mutex_lock(&mc->lock);
+    *info = mc->stats;
+    info->staging_high_water = mc->staging->high_water;
+    qemu_mutex_unlock(&mc->lock);
+    g_free(mc_last_stats);
+    mc_last_stats = info;
+
+    qemu_fclose(mc->sfile);     /* drops its reference to the staging */
+    object_unref(OBJECT(mc->ioc));
+    qemu_sem_destroy(&mc->hb_sem);
+    qemu_mutex_destroy(&mc->send_lock);
+    qemu_mutex_destroy(&mc->lock);
+    qemu_cond_destroy(&mc->cond);
+    g_free(mc);
+}
+
+static int mc_send(MCSession *mc, MCMsgType type, uint32_t flags,
+                   uint64_t epoch, const struct iovec *iov, size_t niov,
+                   Error **errp)
+{
+    int ret;
+
+    qemu_mutex_lock(&mc->send_lock);
+    ret = mc_wire_send(mc->ioc, type, flags, epoch, iov, niov, errp);
+    qemu_mutex_unlock(&mc->send_lock);
+    if (ret == 0) {
+        qatomic_set(&mc->last_tx_us, mc_now_us());
+    }
+    return ret;
+}
+
+/*
+ * Record that the peer is lost.  Only the first detection counts: in
+ * particular a reset seen after a heartbeat timeout proves nothing about
+ * the peer (the link may have healed and the peer's host answered for a
+ * socket the peer had already given up), so it cannot upgrade a timeout
+ * into a "peer-closed" that the safe policy would act on.  The channel
+ * is shut down so that every thread blocked on it returns.
+ */
+static void mc_peer_lost(MCSession *mc, MCLossReason reason)
+{
+    bool first;
+
+    qemu_mutex_lock(&mc->lock);
+    first = !mc->lost;
+    if (first) {
+        mc->lost = true;
+        mc->loss_reason = reason;
+    }
+    qemu_cond_broadcast(&mc->cond);
+    qemu_mutex_unlock(&mc->lock);
+    if (first) {
+        trace_mc_peer_lost(MCRole_str(mc->role), MCLossReason_str(reason));
+        qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    }
+}
+
+/* Heartbeats both ways, and the watchdog that notices a silent peer. */
+static void *mc_hb_thread(void *opaque)
+{
+    MCSession *mc = opaque;
+
+    rcu_register_thread();
+    for (;;) {
+        int64_t timeout_us = migrate_mc_heartbeat_timeout() * 1000LL;
+        int64_t now;
+
+        if (qemu_sem_timedwait(&mc->hb_sem, MAX(timeout_us / 4000, 1)) == 0) {
+            break;
+        }
+        now = mc_now_us();
+        if (now - qatomic_read(&mc->last_rx_us) > timeout_us) {
+            mc_peer_lost(mc, MC_LOSS_REASON_HEARTBEAT_TIMEOUT);
+            break;
+        }
+        /* A sender busy with a checkpoint is traffic enough: don't queue. */
+        if (now - qatomic_read(&mc->last_tx_us) >= timeout_us / 4 &&
+            qemu_mutex_trylock(&mc->send_lock) == 0) {
+            int ret = mc_wire_send(mc->ioc, mc->role == MC_ROLE_PRIMARY ?
+                                   MC_MSG_HEARTBEAT : MC_MSG_STANDBY_HEARTBEAT,
+                                   0, 0, NULL, 0, NULL);
+            qemu_mutex_unlock(&mc->send_lock);
+            if (ret == 0) {
+                qatomic_set(&mc->last_tx_us, mc_now_us());
+            }
+        }
+    }
+    rcu_unregister_thread();
+    return NULL;
+}
+
+static void mc_threads_stop(MCSession *mc)
+{
+    qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    if (mc->hb_started) {
+        qemu_sem_post(&mc->hb_sem);
+        qemu_thread_join(&mc->hb_thread);
+        mc->hb_started = false;
+    }
+    if (mc->rx_started) {
+        qemu_thread_join(&mc->rx_thread);
+        mc->rx_started = false;
+    }
+}
+
+/* ---------------------------------------------------------------------
+ * Primary
+ */
+
+/* Receives ACK, NACK, READY and heartbeats from the standby. */
+static void *mc_primary_rx_thread(void *opaque)
+{
+    MCSession *mc = opaque;
+    Error *err = NULL;
+
+    rcu_register_thread();
+    for (;;) {
+        MCWireHeader h;
+        int ret = mc_wire_recv_header(mc->ioc, 0, &h, &err);
+
+        if (ret <= 0) {
+            /* end of stream, reset or I/O error: the peer closed the link */
+            if (ret == MC_WIRE_BAD_HEADER) {
+                error_report_err(err);
+                mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+            } else {
+                error_free(err);
+                mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+            }
+            break;
+        }
+        qatomic_set(&mc->last_rx_us, mc_now_us());
+        qemu_mutex_lock(&mc->lock);
+        switch (h.type) {
+        case MC_MSG_READY:
+            mc->ready = true;
+            break;
+        case MC_MSG_ACK:
+            mc->acked_epoch = MAX(mc->acked_epoch, h.epoch);
+            break;
+        case MC_MSG_NACK:
+            mc->nacked_epoch = h.epoch;
+            mc->nack_reason = h.flags;
+            break;
+        case MC_MSG_STANDBY_HEARTBEAT:
+            break;
+        default:
+            qemu_mutex_unlock(&mc->lock);
+            error_report("MC: unexpected %s message from the standby",
+                         mc_msg_name(h.type));
+            mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+            goto out;
+        }
+        qemu_cond_broadcast(&mc->cond);
+        qemu_mutex_unlock(&mc->lock);
+    }
+out:
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/* Why the loop must stop, or false to go on.  Called with mc->lock. */
+static bool mc_primary_should_stop(MCSession *mc, MigrationState *s)
+{
+    return mc->lost || mc->failover_requested || mc->cancel_requested ||
+           qatomic_read(&s->state) != MIGRATION_STATUS_MC;
+}
+
+/*
+ * Wait until the next checkpoint is due: mc-delay after the start of the
+ * last one, or earlier when the dirty data nears the staging buffer.
+ * Returns false when MC must stop instead.
+ */
+static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
+                                  int64_t epoch_start_us, bool *early)
+{
+    *early = false;
+    for (;;) {
+        int64_t delay_us = migrate_mc_delay() * 1000LL;
+        int64_t now = mc_now_us();
+        int64_t left = epoch_start_us + delay_us - now;
+        /* poll the dirty set a few times per epoch, at most every 5 ms */
+        int64_t poll = MAX(delay_us / 8, 5000);
+        uint64_t must = 0, can = 0;
+        bool stop;
+
+        qemu_mutex_lock(&mc->lock);
+        if (!mc_primary_should_stop(mc, s) && left > 0) {
+            qemu_cond_timedwait(&mc->cond, &mc->lock,
+                                MAX(MIN(left, poll) / 1000, 1));
+        }
+        stop = mc_primary_should_stop(mc, s);
+        qemu_mutex_unlock(&mc->lock);
+        if (stop) {
+            return false;
+        }
+        if (mc_now_us() >= epoch_start_us + delay_us) {
+            return true;
+        }
+        /* syncs the dirty bitmap (takes the BQL): how much is dirty now? */
+        qemu_savevm_state_pending_exact(&must, &can);
+        if (must + can > mc->staging->capacity / 2) {
+            *early = true;
+            return true;
+        }
+    }
+}
+
+/*
+ * Take checkpoint @epoch: pause the VM, copy its dirty RAM and its device
+ * state into the staging buffer, resume it.  No network I/O happens while
+ * the VM is paused.  Called with the BQL (the TCG dirty-log sync needs it).
+ */
+static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
+{
+    bool running = runstate_is_running();
+    uint64_t pages = stat64_get(&mig_stats.normal_pages) +
+                     stat64_get(&mig_stats.zero_pages);
+    int64_t start = mc_now_us(), pause;
+    int ret;
+
+    /* The standby resumes the guest in the run state saved here. */
+    global_state_store();
+    if (running) {
+        vm_stop_force_state(RUN_STATE_FINISH_MIGRATE);
+    }
+
+    mc_staging_rewind(mc->staging);
+    ram_mc_begin_checkpoint(mc->sfile);
+    qemu_savevm_live_state(mc->sfile);
+    ret = qemu_save_device_state(mc->sfile);
+    /* Copies the pending iovecs that point at guest RAM: must be paused */
+    qemu_fflush(mc->sfile);
+    if (!ret) {
+        ret = qemu_file_get_error(mc->sfile);
+    }
+
+    if (running) {
+        vm_start();
+    }
+    pause = mc_now_us() - start;
+
+    pages = stat64_get(&mig_stats.normal_pages) +
+            stat64_get(&mig_stats.zero_pages) - pages;
+    qemu_mutex_lock(&mc->lock);
+    mc->stats.checkpoints++;
+    mc->stats.pause_last_us = pause;
+    mc->stats.pause_max_us = MAX(mc->stats.pause_max_us, pause);
+    mc->pause_total_us += pause;
+    mc->stats.pause_avg_us = mc->pause_total_us / mc->stats.checkpoints;
+    mc->stats.dirty_pages_last = pages;
+    mc->stats.last_bytes = mc->staging->used;
+    mc->stats.staging_high_water = mc->staging->high_water;
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_checkpoint_take(epoch, pages, mc->staging->used, pause);
+
+    if (mc->staging->overflow) {
+        error_setg(errp, "MC: checkpoint %" PRIu64 " does not fit in "
+                   "mc-max-buffer-size (%zu bytes)", epoch,
+                   mc->staging->capacity);
+        return -ENOSPC;
+    }
+    if (ret) {
+        error_setg_errno(errp, -ret, "MC: saving checkpoint %" PRIu64
+                         " failed", epoch);
+    }
+    return ret;
+}
+
+/*
+ * Send checkpoint @epoch from staging and wait for the standby's ACK.
+ * A refused (NACKed) checkpoint is sent again: the staging buffer still
+ * holds it.  Returns 0 once acknowledged, -1 when MC must stop.
+ */
+static int mc_checkpoint_send(MCSession *mc, MigrationState *s,
+                              uint64_t epoch, int64_t pause_end_us)
+{
+    struct iovec iov = {
+        .iov_base = mc->staging->data, .iov_len = mc->staging->used,
+    };
+    int attempt;
+
+    for (attempt = 0; attempt <= MC_MAX_RESENDS; attempt++) {
+        Error *err = NULL;
+        int64_t transfer;
+
+        if (mc_send(mc, MC_MSG_CHECKPOINT, 0, epoch, &iov, 1, &err) < 0) {
+            error_free(err);
+            mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+            return -1;
+        }
+        qemu_mutex_lock(&mc->lock);
+        while (mc->acked_epoch < epoch && mc->nacked_epoch != epoch &&
+               !mc_primary_should_stop(mc, s)) {
+            qemu_cond_wait(&mc->cond, &mc->lock);
+        }
+        if (mc->acked_epoch >= epoch) {
+            transfer = mc_now_us() - pause_end_us;
+            mc->stats.acked++;
+            mc->stats.last_acked_epoch = epoch;
+            mc->stats.bytes += iov.iov_len;
+            mc->stats.transfer_last_us = transfer;
+            mc->transfer_total_us += transfer;
+            mc->stats.transfer_avg_us = mc->transfer_total_us /
+                                        mc->stats.acked;
+            qemu_mutex_unlock(&mc->lock);
+            trace_mc_checkpoint_acked(epoch, transfer);
+            return 0;
+        }
+        if (mc->nacked_epoch != epoch) {
+            qemu_mutex_unlock(&mc->lock);
+            return -1;                      /* lost, cancelled, failover */
+        }
+        mc->nacked_epoch = 0;
+        mc->stats.refused++;
+        if (mc->nack_reason == MC_NACK_APPLY_FAILED) {
+            qemu_mutex_unlock(&mc->lock);
+            error_report("MC: the standby failed to apply checkpoint %"
+                         PRIu64, epoch);
+            mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+            return -1;
+        }
+        qemu_mutex_unlock(&mc->lock);
+        warn_report("MC: the standby refused checkpoint %" PRIu64
+                    " (reason %u), sending it again", epoch, mc->nack_reason);
+    }
+    error_report("MC: the standby refused checkpoint %" PRIu64 " %d times",
+                 epoch, MC_MAX_RESENDS + 1);
+    mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+    return -1;
+}
+
+/* Wait for READY: the standby has loaded the initial state. */
+static bool mc_primary_wait_ready(MCSession *mc, MigrationState *s)
+{
+    int64_t deadline = mc_now_us() + MC_READY_TIMEOUT_MS * 1000LL;
+    bool ready;
+
+    qemu_mutex_lock(&mc->lock);
+    while (!mc->ready && !mc_primary_should_stop(mc, s) &&
+           mc_now_us() < deadline) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock, 100);
+        /* the standby's heartbeats start only with MC: don't time out */
+        qatomic_set(&mc->last_rx_us, mc_now_us());
+    }
+    ready = mc->ready;
+    qemu_mutex_unlock(&mc->lock);
+    return ready;
+}
+
+/*
+ * The primary leaves MC and runs on: tell the standby to stay stopped.
+ * Best effort and never blocking: a standby that cannot be reached is
+ * either dead or, behind a broken link, following the failover policy,
+ * which does not let it act on a heartbeat timeout alone (safe, manual).
+ */
+static void mc_primary_tell_stop(MCSession *mc, uint32_t why)
+{
+    uint8_t hdr[MC_WIRE_HDR_SIZE];
+    MCWireHeader h = { .type = MC_MSG_STOP, .flags = why };
+
+    mc_wire_encode(&h, hdr);
+    qio_channel_set_blocking(mc->ioc, false, NULL);
+    qemu_mutex_lock(&mc->send_lock);
+    qio_channel_write(mc->ioc, (char *)hdr, sizeof(hdr), NULL);
+    qemu_mutex_unlock(&mc->send_lock);
+}
+
+/*
+ * The never-ending migration.  Called on the migration thread with the
+ * BQL held, right after precopy completed into state "mc" with the VM
+ * stopped; returns with the BQL held and the VM running (or as the user
+ * left it), having moved the migration state on.
+ */
+void mc_primary_run(MigrationState *s)
+{
+    Error *err = NULL;
+    MCSession *mc;
+    QIOChannel *ioc = qemu_file_get_ioc(s->to_dst_file);
+    uint64_t epoch = 0;
+    MCLossReason reason;
+    bool lost, cancelled, requested;
+    MigrationStatus end_state;
+
+    mc = mc_session_new(MC_ROLE_PRIMARY, ioc, &err);
+    if (mc) {
+        mc_current = mc;
+        qio_channel_set_blocking(ioc, true, NULL);
+        /* small ACKs and heartbeats must not wait for delayed ACKs */
+        qio_channel_set_delay(ioc, false);
+        qemu_thread_create(&mc->rx_thread, "mc-rx", mc_primary_rx_thread,
+                           mc, QEMU_THREAD_JOINABLE);
+        mc->rx_started = true;
+    }
+
+    /* End of the initial downtime: the guest runs from here on. */
+    if (runstate_is_live(s->vm_old_state)) {
+        vm_start();
+    } else if (runstate_check(RUN_STATE_FINISH_MIGRATE)) {
+        runstate_set(s->vm_old_state);
+    }
+    if (!mc) {
+        migrate_set_error(s, err);
+        error_report_err(err);
+        migrate_set_state(&s->state, MIGRATION_STATUS_MC,
+                          MIGRATION_STATUS_FAILED);
+        return;
+    }
+    bql_unlock();
+
+    trace_mc_primary_start(mc->staging->capacity);
+    if (mc_primary_wait_ready(mc, s)) {
+        qemu_thread_create(&mc->hb_thread, "mc-hb", mc_hb_thread, mc,
+                           QEMU_THREAD_JOINABLE);
+        mc->hb_started = true;
+        for (;;) {
+            int64_t start = mc_now_us(), pause_end;
+            bool early;
+
+            if (!mc_primary_wait_epoch(mc, s, start, &early)) {
+                break;
+            }
+            epoch++;
+            bql_lock();
+            if (mc_checkpoint_take(mc, epoch, &err) < 0) {
+                bql_unlock();
+                break;
+            }
+            bql_unlock();
+            pause_end = mc_now_us();
+            qemu_mutex_lock(&mc->lock);
+            mc->stats.early_checkpoints += early;
+            mc->stats.epoch_ms = (pause_end - start) / 1000;
+            qemu_mutex_unlock(&mc->lock);
+            if (mc_checkpoint_send(mc, s, epoch, pause_end) < 0) {
+                break;
+            }
+        }
+    } else {
+        qemu_mutex_lock(&mc->lock);
+        if (!mc->lost && !mc_primary_should_stop(mc, s)) {
+            mc->lost = true;
+            mc->loss_reason = MC_LOSS_REASON_HEARTBEAT_TIMEOUT;
+        }
+        qemu_mutex_unlock(&mc->lock);
+        error_setg(&err, "MC: the standby did not become ready");
+    }
+
+    qemu_mutex_lock(&mc->lock);
+    if (err && !mc->lost) {
+        /* a checkpoint could not be taken: the guest runs unprotected */
+        mc->lost = true;
+        mc->loss_reason = mc->staging->overflow ?
+            MC_LOSS_REASON_CHECKPOINT_TOO_LARGE :
+            MC_LOSS_REASON_PROTOCOL_ERROR;
+    }
+    cancelled = mc->cancel_requested ||
+                qatomic_read(&s->state) == MIGRATION_STATUS_CANCELLING;
+    lost = mc->lost;
+    reason = mc->loss_reason;
+    qemu_mutex_unlock(&mc->lock);
+
+    if (lost && !cancelled &&
+        migrate_mc_failover_policy() == MC_FAILOVER_POLICY_MANUAL) {
+        /* Never act alone: keep what the guest sent until told. */
+        qapi_event_send_mc_peer_lost(MC_ROLE_PRIMARY, reason);
+        qemu_mutex_lock(&mc->lock);
+        while (!mc->failover_requested && !mc->cancel_requested &&
+               qatomic_read(&s->state) == MIGRATION_STATUS_MC) {
+            qemu_cond_wait(&mc->cond, &mc->lock);
+        }
+        cancelled = mc->cancel_requested ||
+                    qatomic_read(&s->state) == MIGRATION_STATUS_CANCELLING;
+        qemu_mutex_unlock(&mc->lock);
+    }
+    qemu_mutex_lock(&mc->lock);
+    requested = mc->failover_requested;
+    qemu_mutex_unlock(&mc->lock);
+
+    mc_primary_tell_stop(mc, cancelled ? MC_STOP_CANCEL : MC_STOP_DROPPED);
+    mc_threads_stop(mc);
+
+    bql_lock();
+    mc_current = NULL;
+    if (cancelled) {
+        /* migration_cleanup moves cancelling to cancelled */
+        end_state = MIGRATION_STATUS_CANCELLING;
+        migrate_set_state(&s->state, MIGRATION_STATUS_MC,
+                          MIGRATION_STATUS_CANCELLING);
+    } else {
+        if (requested && !lost) {
+            reason = MC_LOSS_REASON_REQUEST;
+        }
+        end_state = requested ? MIGRATION_STATUS_COMPLETED :
+                                MIGRATION_STATUS_FAILED;
+        if (!requested) {
+            Error *why = NULL;
+
+            error_setg(&why, "MC ended, the guest runs unprotected: %s%s%s",
+                       MCLossReason_str(reason), err ? ": " : "",
+                       err ? error_get_pretty(err) : "");
+            migrate_set_error(s, why);
+            error_report_err(why);
+        }
+        migrate_set_state(&s->state, MIGRATION_STATUS_MC, end_state);
+        qapi_event_send_mc_failover(MC_ROLE_PRIMARY, reason,
+                                    mc->stats.last_acked_epoch);
+    }
+    trace_mc_primary_end(epoch, MigrationStatus_str(end_state));
+    error_free(err);
+    mc_session_free(mc);
+}
+
+/*
+ * migrate_cancel during MC: let the loop tell the standby to stay
+ * stopped before the channel goes down (shutting it down at once would
+ * look like a dead primary to the standby).  Returns true if MC takes
+ * care of the channel.
+ */
+bool mc_primary_cancel(MigrationStatus old_state)
+{
+    MCSession *mc = mc_current;
+
+    if (old_state != MIGRATION_STATUS_MC || !mc) {
+        return false;
+    }
+    qemu_mutex_lock(&mc->lock);
+    mc->cancel_requested = true;
+    qemu_cond_broadcast(&mc->cond);
+    qemu_mutex_unlock(&mc->lock);
+    return true;
+}
+
+/* ---------------------------------------------------------------------
+ * Standby
+ */
+
+/*
+ * Receive checkpoint @h into staging and verify it.  Returns 1 when it is
+ * whole and intact, 0 when it is corrupt (the stream is still in step), -1
+ * when the link failed.
+ */
+static int mc_checkpoint_receive(MCSession *mc, const MCWireHeader *h,
+                                 Error **errp)
+{
+    size_t got = 0;
+
+    while (got < h->len) {
+        size_t n = MIN(h->len - got, MC_RECV_CHUNK);
+
+        if (qio_channel_read_all(mc->ioc, (char *)mc->staging->data + got, n,
+                                 errp) < 0) {
+            error_prepend(errp, "MC: checkpoint %" PRIu64 " truncated: ",
+                          h->epoch);
+            return -1;
+        }
+        got += n;
+        qatomic_set(&mc->last_rx_us, mc_now_us());
+    }
+    mc->staging->high_water = MAX(mc->staging->high_water, got);
+    if (mc_wire_check_payload(h, mc->staging->data, errp) < 0) {
+        return 0;
+    }
+    return 1;
+}
+
+/* Apply a verified checkpoint to guest RAM and devices; BQL held. */
+static int mc_checkpoint_apply(MCSession *mc, const MCWireHeader *h)
+{
+    int ret;
+
+    mc_staging_set_readable(mc->staging, h->len);
+    /*
+     * Devices' post_load hooks expect devices fresh from reset (they map
+     * regions, start timers); RAM is not touched by it and is overwritten
+     * by the dirty pages of the checkpoint right after.
+     */
+    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
+    ret = qemu_loadvm_state_main(mc->sfile, mc->mis);
+    if (ret >= 0) {
+        ret = qemu_load_device_state(mc->sfile);
+    }
+    if (ret >= 0) {
+        ret = qemu_file_get_error(mc->sfile);
+    }
+    return ret;
+}
+
+static void mc_standby_refuse(MCSession *mc, uint64_t epoch, uint32_t why,
+                              Error *err)
+{
+    error_report_err(err);
+    qemu_mutex_lock(&mc->lock);
+    mc->stats.refused++;
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_checkpoint_refused(epoch, why);
+    mc_send(mc, MC_MSG_NACK, why, epoch, NULL, 0, NULL);
+}
+
+static void mc_standby_decide_bh(void *opaque);
+
+static void *mc_standby_rx_thread(void *opaque)
+{
+    MCSession *mc = opaque;
+
+    rcu_register_thread();
+    for (;;) {
+        Error *err = NULL;
+        MCWireHeader h;
+        int ret = mc_wire_recv_header(mc->ioc, mc->staging->capacity, &h,
+                                      &err);
+
+        if (ret <= 0) {
+            /* end of stream, reset or I/O error: the peer closed the link */
+            if (ret == MC_WIRE_BAD_HEADER) {
+                error_report_err(err);
+                mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+            } else {
+                error_free(err);
+                mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+            }
+            break;
+        }
+        qatomic_set(&mc->last_rx_us, mc_now_us());
+        if (h.type == MC_MSG_HEARTBEAT) {
+            continue;
+        }
+        if (h.type == MC_MSG_STOP) {
+            qemu_mutex_lock(&mc->lock);
+            mc->stop_received = true;
+            qemu_mutex_unlock(&mc->lock);
+            trace_mc_standby_stop(h.flags);
+            break;
+        }
+        if (h.type != MC_MSG_CHECKPOINT) {
+            error_report("MC: unexpected %s message from the primary",
+                         mc_msg_name(h.type));
+            mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+            break;
+        }
+
+        ret = mc_checkpoint_receive(mc, &h, &err);
+        if (ret < 0) {
+            /* the partial checkpoint is dropped: the last one stays */
+            error_report_err(err);
+            mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+            break;
+        }
+        if (ret == 0) {
+            mc_standby_refuse(mc, h.epoch, MC_NACK_CORRUPT, err);
+            continue;
+        }
+        if (h.epoch != mc->applied_epoch + 1) {
+            error_setg(&err, "MC: checkpoint %" PRIu64 " out of order "
+                       "(expected %" PRIu64 ")", h.epoch,
+                       mc->applied_epoch + 1);
+            mc_standby_refuse(mc, h.epoch, MC_NACK_ORDER, err);
+            continue;
+        }
+
+        /* Whole and intact: acknowledge first, so output flows sooner. */
+        mc_send(mc, MC_MSG_ACK, 0, h.epoch, NULL, 0, NULL);
+        bql_lock();
+        ret = mc_checkpoint_apply(mc, &h);
+        bql_unlock();
+        qatomic_set(&mc->last_rx_us, mc_now_us());
+        if (ret < 0) {
+            /* half applied: this standby is no longer a valid copy */
+            error_report("MC: applying checkpoint %" PRIu64 " failed: %s",
+                         h.epoch, strerror(-ret));
+            mc_send(mc, MC_MSG_NACK, MC_NACK_APPLY_FAILED, h.epoch, NULL, 0,
+                    NULL);
+            qemu_mutex_lock(&mc->lock);
+            mc->stop_received = true;   /* stay stopped, never resume */
+            qemu_mutex_unlock(&mc->lock);
+            break;
+        }
+        mc->applied_epoch = h.epoch;
+        qemu_mutex_lock(&mc->lock);
+        mc->stats.checkpoints++;
+        mc->stats.acked++;
+        mc->stats.applied++;
+        mc->stats.last_acked_epoch = h.epoch;
+        mc->stats.bytes += h.len;
+        mc->stats.last_bytes = h.len;
+        mc->stats.staging_high_water = mc->staging->high_water;
+        qemu_mutex_unlock(&mc->lock);
+        trace_mc_checkpoint_applied(h.epoch, h.len);
+    }
+
+    qemu_mutex_lock(&mc->lock);
+    mc->finished = true;
+    qemu_mutex_unlock(&mc->lock);
+    aio_bh_schedule_oneshot(qemu_get_aio_context(), mc_standby_decide_bh, mc);
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/*
+ * The receive thread ended: resume the guest here (failover), stay
+ * stopped (the primary said so, or this copy is broken), or wait for
+ * management, as mc-failover-policy says.  Main loop, BQL held.
+ */
+static void mc_standby_decide_bh(void *opaque)
+{
+    MCSession *mc = opaque;
+    MCFailoverPolicy policy = migrate_mc_failover_policy();
+    bool act;
+
+    qemu_mutex_lock(&mc->lock);
+    if (mc->stop_received) {
+        mc->outcome = MC_OUTCOME_STOP;
+    } else if (mc->failover_requested) {
+        mc->outcome = MC_OUTCOME_FAILOVER;
+    } else {
+        act = policy == MC_FAILOVER_POLICY_AUTO ||
+              (policy == MC_FAILOVER_POLICY_SAFE &&
+               mc->loss_reason == MC_LOSS_REASON_PEER_CLOSED);
+        mc->outcome = act ? MC_OUTCOME_FAILOVER : MC_OUTCOME_WAIT;
+    }
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_standby_decide(MCLossReason_str(mc->loss_reason),
+                            MCFailoverPolicy_str(policy), mc->outcome);
+    if (mc->outcome == MC_OUTCOME_WAIT) {
+        qapi_event_send_mc_peer_lost(MC_ROLE_STANDBY, mc->loss_reason);
+        return;
+    }
+    aio_co_wake(mc->co);
+}
+
+static void mc_standby_wake_bh(void *opaque)
+{
+    MCSession *mc = opaque;
+
+    aio_co_wake(mc->co);
+}
+
+/*
+ * The standby.  Runs in the incoming migration coroutine (BQL held) once
+ * the initial state is loaded; yields until MC ends.  Returns true when
+ * the guest is to be resumed here (failover: the caller announces it and
+ * starts it), false when it stays stopped.
+ */
+bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
+{
+    MigrationState *s = migrate_get_current();
+    QIOChannel *ioc = qemu_file_get_ioc(mis->from_src_file);
+    Error *err = NULL;
+    MCSession *mc = mc_session_new(MC_ROLE_STANDBY, ioc, &err);
+    bool failover;
+
+    if (!mc) {
+        /* the primary sees the link close before READY and runs on */
+        migrate_set_error(s, err);
+        error_report_err(err);
+        qio_channel_shutdown(ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        runstate_set(RUN_STATE_PAUSED);
+        migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
+                          MIGRATION_STATUS_FAILED);
+        migration_incoming_state_destroy();
+        return false;
+    }
+    mc->mis = mis;
+    mc->co = qemu_coroutine_self();
+    mc_current = mc;
+    migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
+                      MIGRATION_STATUS_MC);
+    qio_channel_set_blocking(ioc, true, NULL);
+    qio_channel_set_delay(ioc, false);
+    trace_mc_standby_start(mc->staging->capacity);
+
+    qemu_thread_create(&mc->rx_thread, "mc-rx", mc_standby_rx_thread, mc,
+                       QEMU_THREAD_JOINABLE);
+    mc->rx_started = true;
+    qemu_thread_create(&mc->hb_thread, "mc-hb", mc_hb_thread, mc,
+                       QEMU_THREAD_JOINABLE);
+    mc->hb_started = true;
+    mc_send(mc, MC_MSG_READY, 0, 0, NULL, 0, NULL);
+
+    qemu_coroutine_yield();
+
+    mc_threads_stop(mc);
+    mc_current = NULL;
+    failover = mc->outcome == MC_OUTCOME_FAILOVER;
+    migrate_set_state(&mis->state, MIGRATION_STATUS_MC,
+                      MIGRATION_STATUS_ACTIVE);
+    if (failover) {
+        MCLossReason reason = mc->failover_requested ?
+            MC_LOSS_REASON_REQUEST : mc->loss_reason;
+
+        /* the guest continues from the last applied checkpoint */
+        autostart = true;
+        trace_mc_failover(MCRole_str(MC_ROLE_STANDBY), mc->applied_epoch);
+        qapi_event_send_mc_failover(MC_ROLE_STANDBY, reason,
+                                    mc->applied_epoch);
+    } else {
+        runstate_set(RUN_STATE_PAUSED);
+        migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
+                          MIGRATION_STATUS_COMPLETED);
+        migration_incoming_state_destroy();
+    }
+    mc_session_free(mc);
+    return failover;
+}
+
+/* ---------------------------------------------------------------------
+ * Management: QMP and HMP
+ */
+
+void qmp_mc_failover(Error **errp)
+{
+    MCSession *mc = mc_current;
+
+    if (!mc) {
+        error_setg(errp, "Micro-checkpointing is not running");
+        return;
+    }
+    qemu_mutex_lock(&mc->lock);
+    mc->failover_requested = true;
+    qemu_cond_broadcast(&mc->cond);
+    if (mc->role == MC_ROLE_STANDBY && mc->finished) {
+        /* waiting for management after a loss: go */
+        mc->outcome = MC_OUTCOME_FAILOVER;
+        qemu_mutex_unlock(&mc->lock);
+        aio_bh_schedule_oneshot(qemu_get_aio_context(), mc_standby_wake_bh,
+                                mc);
+        return;
+    }
+    qemu_mutex_unlock(&mc->lock);
+    if (mc->role == MC_ROLE_STANDBY) {
+        /* stop receiving; the thread ends and the decision is failover */
+        qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    }
+}
+
+void mc_fill_info(MigrationInfo *info)
+{
+    MCSession *mc = mc_current;
+
+    if (mc) {
+        info->mc = g_new(MCInfo, 1);
+        qemu_mutex_lock(&mc->lock);
+        *info->mc = mc->stats;
+        qemu_mutex_unlock(&mc->lock);
+    } else if (mc_last_stats) {
+        info->mc = g_memdup2(mc_last_stats, sizeof(MCInfo));
+    }
+}
+
+void hmp_info_mc(Monitor *mon, const QDict *qdict)
+{
+    MigrationInfo info = { 0 };
+    MCInfo *m;
+
+    mc_fill_info(&info);
+    m = info.mc;
+    if (!m) {
+        monitor_printf(mon, "Micro-checkpointing has not run\n");
+        return;
+    }
+    monitor_printf(mon, "MC role: %s%s\n", MCRole_str(m->role),
+                   mc_current ? "" : " (ended)");
+    monitor_printf(mon, "checkpoints: %" PRIu64 " taken/received, %" PRIu64
+                   " acked, %" PRIu64 " applied, %" PRIu64 " refused\n",
+                   m->checkpoints, m->acked, m->applied, m->refused);
+    monitor_printf(mon, "last acked epoch: %" PRIu64 "\n",
+                   m->last_acked_epoch);
+    monitor_printf(mon, "pause: last %" PRIu64 " us, avg %" PRIu64
+                   " us, max %" PRIu64 " us\n",
+                   m->pause_last_us, m->pause_avg_us, m->pause_max_us);
+    monitor_printf(mon, "transfer: last %" PRIu64 " us, avg %" PRIu64
+                   " us\n", m->transfer_last_us, m->transfer_avg_us);
+    monitor_printf(mon, "bytes: %" PRIu64 " total, %" PRIu64 " last\n",
+                   m->bytes, m->last_bytes);
+    monitor_printf(mon, "dirty pages last epoch: %" PRIu64
+                   ", epoch length: %" PRIu64 " ms, early: %" PRIu64 "\n",
+                   m->dirty_pages_last, m->epoch_ms, m->early_checkpoints);
+    monitor_printf(mon, "staging: %" PRIu64 " bytes, high water %" PRIu64
+                   "\n", m->staging_size, m->staging_high_water);
+    g_free(m);
+}
+
+void hmp_mc_set_delay(Monitor *mon, const QDict *qdict)
+{
+    MigrateSetParameters p = {
+        .has_mc_delay = true,
+    };
+    int64_t delay = qdict_get_int(qdict, "value");
+    Error *err = NULL;
+
+    if (delay < 0 || delay > MC_MAX_DELAY_MS) {
+        error_setg(&err, "mc-set-delay: the delay must be between 0 and %d "
+                   "ms", MC_MAX_DELAY_MS);
+    } else {
+        p.mc_delay = delay;
+        qmp_migrate_set_parameters(&p, &err);
+    }
+    hmp_handle_error(mon, err);
+}
+
+void hmp_mc_failover(Monitor *mon, const QDict *qdict)
+{
+    Error *err = NULL;
+
+    qmp_mc_failover(&err);
+    hmp_handle_error(mon, err);
+}

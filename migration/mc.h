@@ -1,0 +1,75 @@
+/*
+ * Micro-checkpointing (MC): what the rest of the migration code calls.
+ *
+ * The MC code lives in migration/mc*.c; upstream files reach it only
+ * through the functions declared here (see patches/ for the call sites).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef QEMU_MIGRATION_MC_H
+#define QEMU_MIGRATION_MC_H
+
+#include "qemu/units.h"
+#include "qapi/qapi-types-migration.h"
+#include "qapi/qapi-types-mc.h"
+#include "hw/qdev-properties.h"
+#include "migration.h"
+
+#define MC_DEFAULT_DELAY_MS             100
+#define MC_MAX_DELAY_MS                 60000
+#define MC_DEFAULT_MAX_BUFFER_SIZE      (128 * MiB)
+#define MC_MIN_MAX_BUFFER_SIZE          (1 * MiB)
+#define MC_DEFAULT_HEARTBEAT_TIMEOUT_MS 2000
+#define MC_MIN_HEARTBEAT_TIMEOUT_MS     50
+#define MC_MAX_HEARTBEAT_TIMEOUT_MS     600000
+
+/* Properties of the migration object (-global migration.mc-delay=...) */
+extern const PropertyInfo mc_prop_failover_policy;
+#define DEFINE_MC_PROPERTIES                                                \
+    DEFINE_PROP_MIG_CAP("x-mc", MIGRATION_CAPABILITY_MC),                   \
+    DEFINE_PROP_MIG_CAP("x-mc-net-disable",                                 \
+                        MIGRATION_CAPABILITY_MC_NET_DISABLE),               \
+    DEFINE_PROP_UINT32("mc-delay", MigrationState,                          \
+                       parameters.mc_delay, MC_DEFAULT_DELAY_MS),           \
+    DEFINE_PROP_SIZE("mc-max-buffer-size", MigrationState,                  \
+                     parameters.mc_max_buffer_size,                         \
+                     MC_DEFAULT_MAX_BUFFER_SIZE),                           \
+    DEFINE_PROP_UINT32("mc-heartbeat-timeout", MigrationState,              \
+                       parameters.mc_heartbeat_timeout,                     \
+                       MC_DEFAULT_HEARTBEAT_TIMEOUT_MS),                    \
+    DEFINE_PROP_SIGNED("mc-failover-policy", MigrationState,                \
+                       parameters.mc_failover_policy,                       \
+                       MC_FAILOVER_POLICY_SAFE, mc_prop_failover_policy,    \
+                       MCFailoverPolicy)
+
+/* Capabilities and parameters (mc-options.c) */
+bool migrate_mc(void);
+bool migrate_mc_net_disable(void);
+uint32_t migrate_mc_delay(void);
+uint64_t migrate_mc_max_buffer_size(void);
+uint32_t migrate_mc_heartbeat_timeout(void);
+MCFailoverPolicy migrate_mc_failover_policy(void);
+
+bool mc_caps_check(const bool *new_caps, Error **errp);
+void mc_params_query(MigrationParameters *params,
+                     const MigrationParameters *cur);
+void mc_params_init(MigrationParameters *params);
+bool mc_params_check(const MigrationParameters *params, Error **errp);
+void mc_params_apply(const MigrateSetParameters *params,
+                     MigrationParameters *dest);
+void mc_hmp_info_params(Monitor *mon, const MigrationParameters *params);
+bool mc_hmp_parse_parameter(int param, Visitor *v, MigrateSetParameters *p,
+                            Error **errp);
+
+/* The checkpoint loop and the standby (mc.c) */
+bool migration_in_mc_state(void);
+void mc_primary_run(MigrationState *s);
+bool mc_primary_cancel(MigrationStatus old_state);
+bool coroutine_fn mc_standby_co(MigrationIncomingState *mis);
+void mc_fill_info(MigrationInfo *info);
+
+/* Implemented in ram.c: send the next checkpoint's pages to @f */
+void ram_mc_begin_checkpoint(QEMUFile *f);
+
+#endif
