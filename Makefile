@@ -3,6 +3,7 @@
 #   make check   set up the host, build, and run every test (what CI runs)
 #   make build   fetch + patch + overlay the QEMU base and build it
 #   make guest   build the small Linux test guest
+#   make demo    set up, build, run a protected VM pair and fail it over
 #
 # Layout: build/download (cached source package), build/src (base +
 # patches/ + overlay), build/qemu (meson build directory), build/guest.
@@ -54,6 +55,11 @@ test: build guest
 
 check: setup
 	@$(MAKE) --no-print-directory test
+
+# The main job: a protected VM pair, the primary killed, the standby on.
+demo: setup
+	@$(MAKE) --no-print-directory build guest
+	@/usr/bin/python3 scripts/mc-demo.py
 
 clean:
 	rm -rf $(OBJ) $(BUILD)/guest $(BUILD)/test-logs

@@ -199,13 +199,16 @@ void mc_hmp_info_params(Monitor *mon, const MigrationParameters *params)
                    MigrationParameter_str(MIGRATION_PARAMETER_MC_DELAY),
                    params->mc_delay);
     monitor_printf(mon, "%s: %" PRIu64 " bytes\n",
-                   MigrationParameter_str(MIGRATION_PARAMETER_MC_MAX_BUFFER_SIZE),
+                   MigrationParameter_str(
+                       MIGRATION_PARAMETER_MC_MAX_BUFFER_SIZE),
                    params->mc_max_buffer_size);
     monitor_printf(mon, "%s: %u ms\n",
-                   MigrationParameter_str(MIGRATION_PARAMETER_MC_HEARTBEAT_TIMEOUT),
+                   MigrationParameter_str(
+                       MIGRATION_PARAMETER_MC_HEARTBEAT_TIMEOUT),
                    params->mc_heartbeat_timeout);
     monitor_printf(mon, "%s: %s\n",
-                   MigrationParameter_str(MIGRATION_PARAMETER_MC_FAILOVER_POLICY),
+                   MigrationParameter_str(
+                       MIGRATION_PARAMETER_MC_FAILOVER_POLICY),
                    MCFailoverPolicy_str(params->mc_failover_policy));
 }
 

@@ -47,6 +47,8 @@
 #define MC_MAX_RESENDS          3
 /* How long the primary waits for the standby to load the initial state. */
 #define MC_READY_TIMEOUT_MS     60000
+/* How long migrate_cancel waits for the standby to be told */
+#define MC_CANCEL_WAIT_MS       1000
 /* Receive a checkpoint in pieces, so a long one still counts as traffic. */
 #define MC_RECV_CHUNK           (1 * MiB)
 
@@ -74,6 +76,7 @@ typedef struct MCSession {
     bool stop_received;         /* standby: primary said leave MC */
     bool failover_requested;    /* mc-failover */
     bool cancel_requested;      /* primary: migrate_cancel */
+    bool stop_told;             /* primary: STOP handed to the socket */
     bool finished;              /* standby: rx thread is done */
 
     int64_t last_rx_us;         /* atomic */
@@ -251,7 +254,7 @@ static void mc_threads_stop(MCSession *mc)
     }
 }
 
-/* ---------------------------------------------------------------------
+/*
  * Primary
  */
 
@@ -626,6 +629,10 @@ void mc_primary_run(MigrationState *s)
     qemu_mutex_unlock(&mc->lock);
 
     mc_primary_tell_stop(mc, cancelled ? MC_STOP_CANCEL : MC_STOP_DROPPED);
+    qemu_mutex_lock(&mc->lock);
+    mc->stop_told = true;
+    qemu_cond_broadcast(&mc->cond);
+    qemu_mutex_unlock(&mc->lock);
     mc_threads_stop(mc);
 
     bql_lock();
@@ -668,6 +675,7 @@ void mc_primary_run(MigrationState *s)
 bool mc_primary_cancel(MigrationStatus old_state)
 {
     MCSession *mc = mc_current;
+    int64_t deadline;
 
     if (old_state != MIGRATION_STATUS_MC || !mc) {
         return false;
@@ -675,11 +683,21 @@ bool mc_primary_cancel(MigrationStatus old_state)
     qemu_mutex_lock(&mc->lock);
     mc->cancel_requested = true;
     qemu_cond_broadcast(&mc->cond);
+    /*
+     * QEMU may be quitting: give the loop a moment to tell the standby,
+     * or it would see the connection close and take the primary for
+     * dead.  The loop needs no BQL for that, unless it is just polling
+     * the dirty log; hence the bound.
+     */
+    deadline = mc_now_us() + MC_CANCEL_WAIT_MS * 1000;
+    while (!mc->stop_told && mc_now_us() < deadline) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock, 50);
+    }
     qemu_mutex_unlock(&mc->lock);
     return true;
 }
 
-/* ---------------------------------------------------------------------
+/*
  * Standby
  */
 
@@ -951,7 +969,7 @@ bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
     return failover;
 }
 
-/* ---------------------------------------------------------------------
+/*
  * Management: QMP and HMP
  */
 

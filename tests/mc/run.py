@@ -43,9 +43,11 @@ UPSTREAM_MIGRATION = [
 ]
 
 class Case:
-    def __init__(self, suite, name, argv, timeout, env=None, tap=False):
+    def __init__(self, suite, name, argv, timeout, env=None, tap=False,
+                 cwd=TOP):
         self.suite, self.name, self.argv = suite, name, argv
         self.timeout, self.env, self.tap = timeout, env or {}, tap
+        self.cwd = cwd
 
 
 def fork_cases():
@@ -64,8 +66,12 @@ def meson_cases():
     for t in json.loads(intro.stdout):
         if not re.search(r'(^|/)(test-mc-|mc-)', t['name']):
             continue
+        env = dict(t.get('env') or {})
+        # this machine's /dev/kvm is a slow software KVM: run guests on TCG
+        env['QTEST_MIGRATION_ACCEL'] = 'tcg'
         cases.append(Case('meson', t['name'], t['cmd'], t.get('timeout') or 300,
-                          env=t.get('env') or {}, tap=t.get('protocol') == 'tap'))
+                          env=env, tap=t.get('protocol') == 'tap',
+                          cwd=t.get('workdir') or OBJ))
     return cases
 
 
@@ -162,7 +168,7 @@ def main():
             r = subprocess.run(c.argv, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True,
                                errors='replace', timeout=c.timeout,
-                               stdin=subprocess.DEVNULL, cwd=TOP)
+                               stdin=subprocess.DEVNULL, cwd=c.cwd)
             out, rc = r.stdout, r.returncode
         except subprocess.TimeoutExpired as e:
             out = (e.stdout or b'')

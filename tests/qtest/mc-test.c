@@ -343,6 +343,24 @@ static void test_mc_basic(void)
     mc_cleanup(tls);
 }
 
+/* Quitting the primary is no failure: the standby must stay stopped. */
+static void test_mc_quit_primary(void)
+{
+    MCStart args = { .delay = 0 };
+    QTestState *from, *to;
+    char *tls = NULL;
+    g_autofree char *rs = NULL;
+
+    mc_start(&from, &to, &args, &tls);
+    qtest_quit(from);
+    mc_wait_status(to, "completed");
+    rs = mc_runstate(to);
+    g_assert_cmpstr(rs, ==, "paused");
+    g_assert_null(qtest_qmp_event_ref(to, "MC_FAILOVER"));
+    qtest_quit(to);
+    mc_cleanup(tls);
+}
+
 /* Kill -9 the primary: the standby resumes from a whole checkpoint. */
 static void mc_primary_killed(MCStart *args)
 {
@@ -427,7 +445,8 @@ typedef struct MCProxy {
     int listen_fd;
     int port;
     int dest_port;
-    int mode;                   /* 1 corrupt, 2 truncate */
+    int mode;                   /* 1 corrupt, 2 truncate, 3 partition */
+    int heal;                   /* atomic: partition over, close both */
     int armed;                  /* atomic: damage the next large piece */
     int done;                   /* atomic: damage was done */
     GThread *thread;
@@ -451,7 +470,15 @@ static gpointer mc_proxy_thread(gpointer opaque)
         };
         int i;
 
-        if (poll(fds, 2, -1) < 0) {
+        if (p->mode == 3 && qatomic_read(&p->armed)) {
+            /* a silent partition: nothing passes, nobody is told */
+            qatomic_set(&p->done, 1);
+            while (!qatomic_read(&p->heal)) {
+                g_usleep(10 * 1000);
+            }
+            goto out;       /* the link heals: the peers' hosts reset it */
+        }
+        if (poll(fds, 2, 50) <= 0) {
             continue;
         }
         for (i = 0; i < 2; i++) {
@@ -518,6 +545,8 @@ static void mc_start_proxied(QTestState **from, QTestState **to,
     migrate_set_capability(*from, "mc", true);
     migrate_set_capability(*to, "mc", true);
     migrate_set_parameter_int(*from, "mc-delay", args.delay);
+    migrate_set_parameter_int(*from, "mc-heartbeat-timeout", 1000);
+    migrate_set_parameter_int(*to, "mc-heartbeat-timeout", 1000);
     mc_set_policy(*from, policy);
     mc_set_policy(*to, policy);
     migrate_ensure_converge(*from);
@@ -601,6 +630,55 @@ static void test_mc_truncated_checkpoint(void)
     mc_cleanup(NULL);
 }
 
+/*
+ * Split brain: the link fails silently (both sides alive), then heals.
+ * With the safe policy the primary runs on, the standby only reports the
+ * loss, and the reset that arrives when the link heals does not make it
+ * take over: never two guests running.
+ */
+static void test_mc_partition(void)
+{
+    MCProxy p = { .mode = 3 };
+    QTestState *from, *to;
+    QDict *ev;
+    int i;
+
+    mc_start_proxied(&from, &to, &p, "safe");
+    qatomic_set(&p.armed, 1);
+
+    ev = qtest_qmp_eventwait_ref(to, "MC_PEER_LOST");
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "reason"), ==,
+                    "heartbeat-timeout");
+    qobject_unref(ev);
+    ev = qtest_qmp_eventwait_ref(from, "MC_FAILOVER");
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "role"), ==,
+                    "primary");
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "reason"), ==,
+                    "heartbeat-timeout");
+    qobject_unref(ev);
+    mc_wait_status(from, "failed");
+
+    /* the link heals: resets arrive; the standby must stay put */
+    qatomic_set(&p.heal, 1);
+    g_thread_join(p.thread);
+    close(p.listen_fd);
+    for (i = 0; i < 30; i++) {
+        g_autofree char *rs = mc_runstate(to);
+
+        g_assert_cmpstr(rs, !=, "running");
+        g_usleep(100 * 1000);
+    }
+    {
+        g_autofree char *rs = mc_runstate(from);
+        g_assert_cmpstr(rs, ==, "running");
+    }
+    g_assert_null(qtest_qmp_event_ref(to, "MC_FAILOVER"));
+
+    qtest_quit(from);
+    qtest_quit(to);
+    mc_cleanup(NULL);
+}
+
 /* Bad arguments are refused with an error and change nothing. */
 static void test_mc_bad_args(void)
 {
@@ -660,8 +738,10 @@ int main(int argc, char **argv)
         qtest_add_func("/mc/failover/kill-primary-sending",
                        test_mc_kill_primary_sending);
         qtest_add_func("/mc/failover/kill-standby", test_mc_kill_standby);
+        qtest_add_func("/mc/quit-primary", test_mc_quit_primary);
         qtest_add_func("/mc/stream/corrupt", test_mc_corrupt_checkpoint);
         qtest_add_func("/mc/stream/truncated", test_mc_truncated_checkpoint);
+        qtest_add_func("/mc/split-brain/partition", test_mc_partition);
 #ifdef CONFIG_GNUTLS
         qtest_add_func("/mc/tls/kill-primary", test_mc_tls);
 #endif
