@@ -47,7 +47,10 @@ def percentile(values, p):
 def main():
     wd = workdir('demo')
     mig_port, p_port, s_port = free_port(), free_port(), free_port()
-    app = 'mc.ip=10.0.2.15/24 mc.tcpserv=7000,50 mc.dirty=16,5000'
+    app = 'mc.ip=10.0.2.15/24 mc.tcpserv=7000,50'
+    if os.environ.get('MC_DEMO_DIRTY', '5000') != '0':
+        # the workload: 16 MiB, dirtied at this many pages per second
+        app += ' mc.dirty=16,%s' % os.environ.get('MC_DEMO_DIRTY', '5000')
 
     def nic(port):
         return ['-netdev', 'user,id=n0,hostfwd=tcp:127.0.0.1:%d-:7000' % port,
@@ -61,6 +64,7 @@ def main():
         '-incoming', 'tcp:127.0.0.1:%d' % mig_port]), wd)
     try:
         primary.wait_serial('mc-guest: ready', timeout=120)
+        primary.wait_serial('mc-tcpserv: listening', timeout=30)
         for vm in (primary, standby):
             vm.qmp.cmd('migrate-set-capabilities', capabilities=[
                 {'capability': 'mc', 'state': True}])
@@ -70,8 +74,10 @@ def main():
         primary.qmp.cmd('migrate', uri='tcp:127.0.0.1:%d' % mig_port)
         wait_migration(primary.qmp, 'mc', timeout=180)
         print('== protected; running for %.0f s' % RUN_SECONDS)
+        n0, t0 = primary.qmp.cmd('query-migrate')['mc']['checkpoints'], time.time()
         time.sleep(RUN_SECONDS)
         mc = primary.qmp.cmd('query-migrate')['mc']
+        rate = (mc['checkpoints'] - n0) / (time.time() - t0)
         print(primary.qmp.hmp('info mc'), end='')
 
         print('== kill -9 the primary')
@@ -81,7 +87,9 @@ def main():
         t_event = time.time()
         answer = None
         while time.time() - t_kill < 60 and not answer:
-            answer = ask_guest(s_port, 0.05)
+            # slirp accepts at once and forwards to the guest: a short
+            # timeout would only churn connections, so wait for the line
+            answer = ask_guest(s_port, 1.0)
         t_answer = time.time()
         print('== standby: %s %s; guest answers: %s' % (
             ev['event'], ev['data'], answer))
@@ -89,8 +97,9 @@ def main():
         with open(trace) as f:
             pauses = [int(x) for x in re.findall(r'pause (\d+) us', f.read())]
         print('\n== summary')
-        print('checkpoints taken %d, acknowledged %d, data sent %.1f MiB'
-              % (mc['checkpoints'], mc['acked'], mc['bytes'] / 2**20))
+        print('checkpoints taken %d, acknowledged %d (%.1f per second), '
+              'data sent %.1f MiB' % (mc['checkpoints'], mc['acked'], rate,
+                                      mc['bytes'] / 2**20))
         if pauses:
             print('VM pause per checkpoint: p50 %.2f ms, p99 %.2f ms, '
                   'max %.2f ms (%d samples)' % (
