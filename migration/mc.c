@@ -255,6 +255,30 @@ static void mc_threads_stop(MCSession *mc)
 }
 
 /*
+ * Receive the next message header.  On failure the peer is declared lost
+ * (a nonsense header is a protocol error; an end of stream, a reset or an
+ * I/O error mean the link closed) and false is returned.
+ */
+static bool mc_recv_header(MCSession *mc, uint64_t max_len, MCWireHeader *h)
+{
+    Error *err = NULL;
+    int ret = mc_wire_recv_header(mc->ioc, max_len, h, &err);
+
+    if (ret > 0) {
+        qatomic_set(&mc->last_rx_us, mc_now_us());
+        return true;
+    }
+    if (ret == MC_WIRE_BAD_HEADER) {
+        error_report_err(err);
+        mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+    } else {
+        error_free(err);
+        mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+    }
+    return false;
+}
+
+/*
  * Primary
  */
 
@@ -262,25 +286,14 @@ static void mc_threads_stop(MCSession *mc)
 static void *mc_primary_rx_thread(void *opaque)
 {
     MCSession *mc = opaque;
-    Error *err = NULL;
 
     rcu_register_thread();
     for (;;) {
         MCWireHeader h;
-        int ret = mc_wire_recv_header(mc->ioc, 0, &h, &err);
 
-        if (ret <= 0) {
-            /* end of stream, reset or I/O error: the peer closed the link */
-            if (ret == MC_WIRE_BAD_HEADER) {
-                error_report_err(err);
-                mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
-            } else {
-                error_free(err);
-                mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
-            }
+        if (!mc_recv_header(mc, 0, &h)) {
             break;
         }
-        qatomic_set(&mc->last_rx_us, mc_now_us());
         qemu_mutex_lock(&mc->lock);
         switch (h.type) {
         case MC_MSG_READY:
@@ -773,21 +786,11 @@ static void *mc_standby_rx_thread(void *opaque)
     for (;;) {
         Error *err = NULL;
         MCWireHeader h;
-        int ret = mc_wire_recv_header(mc->ioc, mc->staging->capacity, &h,
-                                      &err);
+        int ret;
 
-        if (ret <= 0) {
-            /* end of stream, reset or I/O error: the peer closed the link */
-            if (ret == MC_WIRE_BAD_HEADER) {
-                error_report_err(err);
-                mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
-            } else {
-                error_free(err);
-                mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
-            }
+        if (!mc_recv_header(mc, mc->staging->capacity, &h)) {
             break;
         }
-        qatomic_set(&mc->last_rx_us, mc_now_us());
         if (h.type == MC_MSG_HEARTBEAT) {
             continue;
         }
