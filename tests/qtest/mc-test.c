@@ -225,7 +225,7 @@ static void mc_check_guest_ram(QTestState *who)
         prev = b;
     }
     if (steps == 1) {
-        g_assert_cmpint(first, ==, prev + 1);
+        g_assert_cmpint(first, ==, (uint8_t)(prev + 1));
     } else {
         g_assert_cmpint(steps, ==, 0);
     }
