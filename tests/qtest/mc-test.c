@@ -545,8 +545,8 @@ static void mc_start_proxied(QTestState **from, QTestState **to,
     migrate_set_capability(*from, "mc", true);
     migrate_set_capability(*to, "mc", true);
     migrate_set_parameter_int(*from, "mc-delay", args.delay);
-    migrate_set_parameter_int(*from, "mc-heartbeat-timeout", 1000);
-    migrate_set_parameter_int(*to, "mc-heartbeat-timeout", 1000);
+    migrate_set_parameter_int(*from, "mc-heartbeat-timeout", 2000);
+    migrate_set_parameter_int(*to, "mc-heartbeat-timeout", 2000);
     mc_set_policy(*from, policy);
     mc_set_policy(*to, policy);
     migrate_ensure_converge(*from);
