@@ -494,7 +494,11 @@ static int mc_checkpoint_send(MCSession *mc, MigrationState *s,
     return -1;
 }
 
-/* Wait for READY: the standby has loaded the initial state. */
+/*
+ * Wait for READY: the standby has loaded the initial state.  Receiving it
+ * refreshes last_rx_us, so the watchdog started next does not count the
+ * (possibly long) initial load as silence.
+ */
 static bool mc_primary_wait_ready(MCSession *mc, MigrationState *s)
 {
     int64_t deadline = mc_now_us() + MC_READY_TIMEOUT_MS * 1000LL;
@@ -504,8 +508,6 @@ static bool mc_primary_wait_ready(MCSession *mc, MigrationState *s)
     while (!mc->ready && !mc_primary_should_stop(mc, s) &&
            mc_now_us() < deadline) {
         qemu_cond_timedwait(&mc->cond, &mc->lock, 100);
-        /* the standby's heartbeats start only with MC: don't time out */
-        qatomic_set(&mc->last_rx_us, mc_now_us());
     }
     ready = mc->ready;
     qemu_mutex_unlock(&mc->lock);
