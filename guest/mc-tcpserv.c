@@ -3,10 +3,16 @@
  *
  * Usage: mc-tcpserv [port] [interval-ms]
  * For every client (one process each):
- *  - sends "srv <n>\n" every interval-ms, n = 1, 2, 3, ... (a numbered
- *    stream: a client sees any gap, duplicate or reset);
+ *  - sends "srv <n> <pad> <n>\n" every interval-ms, n = 1, 2, 3, ...
+ *    (a numbered stream: a client sees any gap, duplicate or reset);
+ *    <pad> is 1 to 32 'x' chosen from the clock, so a copy of the guest
+ *    that runs on from an older state writes different bytes at the
+ *    same stream offsets, and a client that saw output the standby
+ *    never had finds a broken record;
  *  - answers each line "cli <n>\n" it receives with "echo <n>\n" (an echo
- *    for round-trip latency and loss checks on the client's side).
+ *    for round-trip latency and loss checks on the client's side);
+ *  - answers "bulk <bytes>\n" with that many bytes of '.' and "\nbulk
+ *    done\n" (a throughput test).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -46,9 +52,25 @@ static int write_all(int fd, const char *p, size_t len)
     return 0;
 }
 
+static int bulk(int fd, unsigned long long bytes)
+{
+    static char buf[65536];
+
+    memset(buf, '.', sizeof(buf));
+    while (bytes) {
+        size_t n = bytes < sizeof(buf) ? bytes : sizeof(buf);
+
+        if (write_all(fd, buf, n) < 0) {
+            return -1;
+        }
+        bytes -= n;
+    }
+    return write_all(fd, "\nbulk done\n", 11);
+}
+
 static void serve(int fd, int interval)
 {
-    char in[4096], line[64];
+    char in[4096], line[128], pad[40];
     size_t used = 0;
     unsigned long long seq = 0;
     long long next = now_ms();
@@ -61,7 +83,16 @@ static void serve(int fd, int interval)
         int r;
 
         if (interval > 0 && wait <= 0) {
-            int len = snprintf(line, sizeof(line), "srv %llu\n", ++seq);
+            struct timespec ts;
+            int len, padlen;
+
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            padlen = 1 + (ts.tv_nsec / 1000) % 32;
+            memset(pad, 'x', padlen);
+            pad[padlen] = 0;
+            seq++;
+            len = snprintf(line, sizeof(line), "srv %llu %s %llu\n",
+                           seq, pad, seq);
             if (write_all(fd, line, len) < 0) {
                 return;
             }
@@ -90,6 +121,8 @@ static void serve(int fd, int interval)
                     if (write_all(fd, line, len) < 0) {
                         return;
                     }
+                } else if (sscanf(p, "bulk %llu", &c) == 1 && bulk(fd, c)) {
+                    return;
                 }
                 p = nl + 1;
             }

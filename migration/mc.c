@@ -29,6 +29,7 @@
 #include "io/channel.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
+#include "net/filter-mc.h"
 #include "monitor/monitor.h"
 #include "monitor/hmp.h"
 #include "system/runstate.h"
@@ -153,6 +154,9 @@ static void mc_session_free(MCSession *mc)
     *info = mc->stats;
     info->staging_high_water = mc->staging->high_water;
     qemu_mutex_unlock(&mc->lock);
+    if (mc->role == MC_ROLE_PRIMARY) {
+        mc_net_fill_info(info);
+    }
     g_free(mc_last_stats);
     mc_last_stats = info;
 
@@ -398,6 +402,8 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
     if (!ret) {
         ret = qemu_file_get_error(mc->sfile);
     }
+    /* What the guest sends from now on belongs to the next checkpoint */
+    mc_net_checkpoint(epoch);
 
     if (running) {
         vm_start();
@@ -469,6 +475,8 @@ static int mc_checkpoint_send(MCSession *mc, MigrationState *s,
                                         mc->stats.acked;
             qemu_mutex_unlock(&mc->lock);
             trace_mc_checkpoint_acked(epoch, transfer);
+            /* output commit: what epoch produced may now be seen */
+            mc_net_commit(epoch);
             return 0;
         }
         if (mc->nacked_epoch != epoch) {
@@ -549,6 +557,11 @@ void mc_primary_run(MigrationState *s)
     MigrationStatus end_state;
 
     mc = mc_session_new(MC_ROLE_PRIMARY, ioc, &err);
+    /* Hold guest output from the first instruction the guest runs in MC */
+    if (mc && !mc_net_start(!migrate_mc_net_disable(), &err)) {
+        mc_session_free(mc);
+        mc = NULL;
+    }
     if (mc) {
         mc_current = mc;
         qio_channel_set_blocking(ioc, true, NULL);
@@ -652,6 +665,8 @@ void mc_primary_run(MigrationState *s)
 
     bql_lock();
     mc_current = NULL;
+    /* Unprotected from here on: what the guest sent may go out now */
+    mc_net_stop();
     if (cancelled) {
         /* migration_cleanup moves cancelling to cancelled */
         end_state = MIGRATION_STATUS_CANCELLING;
@@ -1013,6 +1028,9 @@ void mc_fill_info(MigrationInfo *info)
         qemu_mutex_lock(&mc->lock);
         *info->mc = mc->stats;
         qemu_mutex_unlock(&mc->lock);
+        if (mc->role == MC_ROLE_PRIMARY) {
+            mc_net_fill_info(info->mc);      /* BQL: QMP and HMP hold it */
+        }
     } else if (mc_last_stats) {
         info->mc = g_memdup2(mc_last_stats, sizeof(MCInfo));
     }
@@ -1048,6 +1066,14 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
                    m->dirty_pages_last, m->epoch_ms, m->early_checkpoints);
     monitor_printf(mon, "staging: %" PRIu64 " bytes, high water %" PRIu64
                    "\n", m->staging_size, m->staging_high_water);
+    monitor_printf(mon, "net: %" PRIu64 " NICs held, %" PRIu64
+                   " packets (%" PRIu64 " bytes) held now, %" PRIu64
+                   " released (%" PRIu64 " bytes)\n",
+                   m->net_buffers, m->net_held_packets, m->net_held_bytes,
+                   m->net_released_packets, m->net_released_bytes);
+    monitor_printf(mon, "net hold: avg %" PRIu64 " us, max %" PRIu64
+                   " us, throttled %" PRIu64 " times\n",
+                   m->net_hold_avg_us, m->net_hold_max_us, m->net_throttled);
     g_free(m);
 }
 

@@ -1,0 +1,52 @@
+/*
+ * Micro-checkpointing (MC) output commit: the network output buffer.
+ *
+ * While MC runs on the primary, every packet a guest NIC sends is held
+ * by a "filter-mc" netfilter on that NIC's backend and released, in
+ * order, only once the standby acknowledged the checkpoint whose epoch
+ * produced it.  The MC loop (migration/mc.c) drives it with four calls:
+ *
+ *   mc_net_start()       MC begins (VM stopped): buffer every NIC
+ *   mc_net_checkpoint()  checkpoint N taken (VM paused): barrier N
+ *   mc_net_commit()      checkpoint N acknowledged: release up to N
+ *   mc_net_stop()        MC ends: release everything, unbuffer
+ *
+ * All but mc_net_commit() need the BQL.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef QEMU_NET_FILTER_MC_H
+#define QEMU_NET_FILTER_MC_H
+
+#include "qapi/qapi-types-mc.h"
+
+#define TYPE_FILTER_MC "filter-mc"
+
+/* Default bound on what one NIC may hold before its transmit is paused */
+#define MC_NET_DEFAULT_MAX_HELD (16 * MiB)
+
+/*
+ * Start holding guest output.  With @auto_attach, every NIC whose
+ * backend has no filter-mc yet gets one (removed again by
+ * mc_net_stop()); filter-mc objects the operator created are used as
+ * they are.  Fails, buffering nothing, if a NIC cannot be buffered.
+ */
+bool mc_net_start(bool auto_attach, Error **errp);
+
+/*
+ * Checkpoint @epoch was taken: what the guest sends next belongs to the
+ * checkpoint after it.  Call with the VM paused.
+ */
+void mc_net_checkpoint(uint64_t epoch);
+
+/* Checkpoint @epoch was acknowledged by the standby (any thread). */
+void mc_net_commit(uint64_t epoch);
+
+/* MC is over: release everything held, then remove automatic filters. */
+void mc_net_stop(void);
+
+/* Fill the net-* fields of the MC statistics. */
+void mc_net_fill_info(MCInfo *info);
+
+#endif

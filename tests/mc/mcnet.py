@@ -1,0 +1,219 @@
+"""A real network for the MC tests: namespaces, a bridge, tap devices.
+
+    client netns                hypervisor netns
+    vc1 10.77.0.10/24 --veth-- vc0 --+-- bridge br0
+                                      +-- tap of the primary  (guest NIC)
+                                      +-- tap of the standby  (same MAC)
+
+Both QEMUs run in the hypervisor namespace (their migration channel is
+on its loopback), the client in its own: nothing leaves the namespaces
+created here.  Needs root; Topology() raises Skip otherwise.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from mcvm import VM, Skip, guest_args, wait_migration
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GUEST_IP = '10.77.0.2'
+CLIENT_IP = '10.77.0.10'
+GUEST_MAC = '52:54:00:77:00:02'
+GUEST_MAC1 = '52:54:00:77:01:02'
+MIG_PORT = 4444
+
+
+def sh(*cmd, check=True):
+    return subprocess.run(cmd, check=check, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True).stdout
+
+
+class Topology:
+    def __init__(self):
+        if os.geteuid() != 0:
+            raise Skip('network tests need root (namespaces, bridge, taps)')
+        if not shutil.which('ip'):
+            raise Skip('iproute2 is not installed')
+        tag = '%x' % (os.getpid() & 0xffff)
+        self.hv = 'mct-hv-' + tag
+        self.cl = 'mct-cl-' + tag
+        self.tag = tag
+        self.taps = []
+        for ns in (self.hv, self.cl):
+            sh('ip', 'netns', 'add', ns)
+            sh('ip', '-n', ns, 'link', 'set', 'lo', 'up')
+        sh('ip', '-n', self.hv, 'link', 'add', 'br0', 'type', 'bridge')
+        # forward at once: a new tap must not wait out STP learning
+        sh('ip', '-n', self.hv, 'link', 'set', 'br0', 'type', 'bridge',
+           'forward_delay', '0', 'stp_state', '0')
+        sh('ip', '-n', self.hv, 'link', 'set', 'br0', 'up')
+        sh('ip', '-n', self.hv, 'link', 'add', 'vc0', 'type', 'veth',
+           'peer', 'name', 'vc1', 'netns', self.cl)
+        sh('ip', '-n', self.hv, 'link', 'set', 'vc0', 'master', 'br0', 'up')
+        sh('ip', '-n', self.cl, 'addr', 'add', CLIENT_IP + '/24', 'dev', 'vc1')
+        sh('ip', '-n', self.cl, 'link', 'set', 'vc1', 'up')
+
+    def tap_name(self, role, i=0):
+        return 'mc%s%d%s' % (role[0], i, self.tag)
+
+    def plug(self, tap):
+        """Put a tap QEMU created on the bridge (waits for it to exist)."""
+        deadline = time.time() + 30
+        while 'state' not in sh('ip', '-n', self.hv, 'link', 'show', tap,
+                                check=False):
+            if time.time() > deadline:
+                raise RuntimeError('tap %s did not appear' % tap)
+            time.sleep(0.05)
+        sh('ip', '-n', self.hv, 'link', 'set', tap, 'master', 'br0', 'up')
+        self.taps.append(tap)
+
+    def tap_counter(self, tap, name='rx_packets'):
+        """Packets QEMU wrote to @tap (rx, as the host sees it)."""
+        out = sh('ip', 'netns', 'exec', self.hv, 'cat',
+                 '/sys/class/net/%s/statistics/%s' % (tap, name), check=False)
+        return int(out) if out.strip().isdigit() else None
+
+    def run_in(self, ns, argv, **kw):
+        return subprocess.Popen(['ip', 'netns', 'exec', ns] + argv, **kw)
+
+    def client(self, out, host=GUEST_IP, port=7000, interval=10, ns=None):
+        return Client(self, ns or self.cl, out, host, port, interval)
+
+    def close(self):
+        for ns in (self.cl, self.hv):
+            sh('ip', 'netns', 'del', ns, check=False)
+
+
+class Client:
+    """netclient.py in stream mode; its JSON events are read on demand."""
+
+    def __init__(self, topo, ns, out, host, port, interval):
+        self.out = out
+        self.proc = topo.run_in(ns, [sys.executable,
+                                     os.path.join(HERE, 'netclient.py'),
+                                     'stream', '--host', host, '--port',
+                                     str(port), '--interval', str(interval),
+                                     '--out', out])
+
+    def events(self):
+        try:
+            with open(self.out) as f:
+                return [json.loads(line) for line in f if line.endswith('\n')]
+        except FileNotFoundError:
+            return []
+
+    def count(self, ev='srv'):
+        return sum(1 for e in self.events() if e['ev'] == ev)
+
+    def last_srv(self):
+        n = [e['n'] for e in self.events() if e['ev'] == 'srv']
+        return n[-1] if n else 0
+
+    def wait(self, what, timeout=60):
+        """Wait until what(events) is true; returns the events."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            evs = self.events()
+            if what(evs):
+                return evs
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        evs = self.events()
+        raise TimeoutError('client: condition not met; last events %s' %
+                           evs[-5:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.events()
+
+
+def problems(evs):
+    """Bad records, resets: what a client must never see."""
+    return [e for e in evs if e['ev'] in ('bad', 'closed')]
+
+
+class Pair:
+    """A primary and a standby running the test guest, tap NICs on br0.
+
+    @nics: list of NIC specs per guest NIC: 'tap' or 'user:PORT' (slirp
+    with a host forward to the guest's port 7000 on the hypervisor
+    namespace's loopback).
+    """
+
+    def __init__(self, topo, wd, nics=('tap',), delay=100, net=True,
+                 hb_timeout=10000, policy='safe', trace=None, mem='256M',
+                 tcpserv_ms=20, app=''):
+        self.topo = topo
+        append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
+                                                         app)
+        if len(nics) > 1:
+            append += ' mc.ip1=10.0.2.15/24'
+        self.vms = {}
+        wrapper = ['ip', 'netns', 'exec', topo.hv]
+        for role in ('primary', 'standby'):
+            extra = []
+            for i, kind in enumerate(nics):
+                mac = GUEST_MAC if i == 0 else GUEST_MAC1
+                if kind == 'tap':
+                    extra += ['-netdev', 'tap,id=n%d,ifname=%s,script=no,'
+                              'downscript=no' % (i, topo.tap_name(role, i))]
+                else:
+                    port = int(kind.split(':')[1]) + (role == 'standby')
+                    extra += ['-netdev', 'user,id=n%d,net=10.0.2.0/24,'
+                              'hostfwd=tcp:127.0.0.1:%d-:7000' % (i, port)]
+                extra += ['-device', 'virtio-net-pci,netdev=n%d,mac=%s' %
+                          (i, mac)]
+            if role == 'standby':
+                extra += ['-incoming', 'tcp:127.0.0.1:%d' % MIG_PORT]
+            elif trace:
+                extra += ['-trace', 'events=' + trace[0], '-D', trace[1]]
+            self.vms[role] = VM(role, guest_args(append, mem=mem,
+                                                 extra=extra), wd,
+                                wrapper=wrapper)
+            for i, kind in enumerate(nics):
+                if kind == 'tap':
+                    topo.plug(topo.tap_name(role, i))
+        self.primary = self.vms['primary']
+        self.standby = self.vms['standby']
+        self.primary.wait_serial('mc-tcpserv: listening', timeout=120)
+        for vm in (self.primary, self.standby):
+            caps = [{'capability': 'mc', 'state': True}]
+            if not net:
+                caps.append({'capability': 'mc-net-disable', 'state': True})
+            vm.qmp.cmd('migrate-set-capabilities', capabilities=caps)
+            vm.qmp.cmd('migrate-set-parameters', **{
+                'mc-delay': delay, 'mc-heartbeat-timeout': hb_timeout,
+                'mc-failover-policy': policy})
+
+    def start_mc(self, timeout=180):
+        self.primary.qmp.cmd('migrate', uri='tcp:127.0.0.1:%d' % MIG_PORT)
+        wait_migration(self.primary.qmp, 'mc', timeout=timeout)
+        # checkpoints flowing: the standby has acknowledged a few
+        deadline = time.time() + 60
+        while self.mc()['acked'] < 3:
+            if time.time() > deadline:
+                raise TimeoutError('no checkpoints acknowledged')
+            time.sleep(0.1)
+
+    def mc(self, vm=None):
+        return (vm or self.primary).qmp.cmd('query-migrate')['mc']
+
+    def close(self):
+        for vm in self.vms.values():
+            if vm.proc.poll() is None:
+                try:
+                    os.kill(vm.proc.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+            vm.kill()

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""The client side of the network tests: talks to the guest's mc-tcpserv.
+
+Run in the client's network namespace.  Modes:
+
+  stream  read the numbered records ("srv N PAD N"), send "cli K" every
+          --interval ms and expect "echo K" back in order.  Every event
+          is a JSON line on --out (flushed at once), so the test can read
+          it while the client runs:
+            {"ev": "up"}                          connected
+            {"ev": "srv", "n": N, "t": T}         record N, in sequence
+            {"ev": "echo", "k": K, "rtt": S, "t": T}
+            {"ev": "bad", "why": ..., "t": T}     gap, duplicate, garbage
+            {"ev": "closed", "why": ..., "t": T}  reset or end of stream
+            {"ev": "end", "unanswered": [K...]}   on SIGTERM
+  rtt     send "cli K" one at a time and print the round-trip times
+          (seconds) as one JSON list on stdout.
+  bulk    ask for --bytes bytes and print {"bytes": B, "seconds": S}.
+"""
+
+import argparse
+import json
+import selectors
+import signal
+import socket
+import sys
+import time
+
+
+def connect(host, port, timeout=20):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            s = socket.create_connection((host, port), timeout=2)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return s
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def check_srv(line, expect):
+    """Why record @line is not record @expect, or None."""
+    parts = line.split(' ')
+    if (len(parts) != 4 or parts[0] != 'srv' or not parts[1].isdigit() or
+            parts[1] != parts[3] or not parts[2] or parts[2].strip('x')):
+        return 'malformed record %r' % line[:80]
+    if int(parts[1]) != expect:
+        return 'record %s where %d was due' % (parts[1], expect)
+    return None
+
+
+def stream(args):
+    out = open(args.out, 'a', buffering=1)
+
+    def log(ev, **kw):
+        kw['ev'] = ev
+        kw.setdefault('t', time.time())
+        out.write(json.dumps(kw) + '\n')
+
+    sock = connect(args.host, args.port)
+    sock.setblocking(False)
+    log('up')
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    buf = b''
+    expect_srv = 1
+    next_cli = 1
+    sent = {}           # K -> send time, for the unanswered ones
+    tx = b''
+    interval = args.interval / 1000.0
+    next_send = time.time()
+    while not stop:
+        now = time.time()
+        if interval and now >= next_send:
+            sent[next_cli] = now
+            tx += b'cli %d\n' % next_cli
+            next_cli += 1
+            next_send += interval
+            if next_send < now:
+                next_send = now + interval
+        if tx:
+            try:
+                n = sock.send(tx)
+                tx = tx[n:]
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                log('closed', why='send: %s' % e)
+                break
+        wait = max(0.0, next_send - time.time()) if interval else 1.0
+        if not sel.select(min(wait, 0.05)):
+            continue
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            continue
+        except OSError as e:
+            log('closed', why='recv: %s' % e)
+            break
+        if not data:
+            log('closed', why='end of stream')
+            break
+        buf += data
+        while b'\n' in buf:
+            raw, buf = buf.split(b'\n', 1)
+            line = raw.decode(errors='replace')
+            now = time.time()
+            if line.startswith('srv'):
+                why = check_srv(line, expect_srv)
+                if why:
+                    log('bad', why=why)
+                    # resynchronise, so that one break is one report
+                    p = line.split(' ')
+                    if len(p) == 4 and p[1].isdigit():
+                        expect_srv = int(p[1]) + 1
+                else:
+                    log('srv', n=expect_srv)
+                    expect_srv += 1
+            elif line.startswith('echo '):
+                k = int(line[5:]) if line[5:].isdigit() else -1
+                first = min(sent) if sent else None
+                if k != first:
+                    log('bad', why='echo %r where %s was due' % (line, first))
+                if k in sent:
+                    log('echo', k=k, rtt=now - sent.pop(k))
+            else:
+                log('bad', why='unexpected line %r' % line[:80])
+    log('end', unanswered=sorted(sent))
+    out.close()
+
+
+def rtt(args):
+    sock = connect(args.host, args.port)
+    f = sock.makefile('rb')
+    times = []
+    for k in range(1, args.count + 1):
+        t0 = time.perf_counter()
+        sock.sendall(b'cli %d\n' % k)
+        while True:
+            line = f.readline()
+            if not line:
+                raise SystemExit('connection closed')
+            if line == b'echo %d\n' % k:
+                break
+        times.append(time.perf_counter() - t0)
+        time.sleep(args.interval / 1000.0)
+    print(json.dumps(times))
+
+
+def bulk(args):
+    sock = connect(args.host, args.port)
+    t0 = time.perf_counter()
+    sock.sendall(b'bulk %d\n' % args.bytes)
+    got = 0
+    tail = b''
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            raise SystemExit('connection closed')
+        got += data.count(b'.')
+        tail = (tail + data)[-32:]
+        if b'bulk done\n' in tail:
+            break
+    secs = time.perf_counter() - t0
+    print(json.dumps({'bytes': got, 'seconds': secs}))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('mode', choices=['stream', 'rtt', 'bulk'])
+    ap.add_argument('--host', required=True)
+    ap.add_argument('--port', type=int, default=7000)
+    ap.add_argument('--interval', type=float, default=20)
+    ap.add_argument('--out', default='/dev/stdout')
+    ap.add_argument('--count', type=int, default=100)
+    ap.add_argument('--bytes', type=int, default=8 << 20)
+    args = ap.parse_args()
+    {'stream': stream, 'rtt': rtt, 'bulk': bulk}[args.mode](args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
