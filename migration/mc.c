@@ -524,20 +524,43 @@ static bool mc_primary_wait_ready(MCSession *mc, MigrationState *s)
 
 /*
  * The primary leaves MC and runs on: tell the standby to stay stopped.
- * Best effort and never blocking: a standby that cannot be reached is
- * either dead or, behind a broken link, following the failover policy,
- * which does not let it act on a heartbeat timeout alone (safe, manual).
+ * When the standby is lost this is best effort and never blocks: a
+ * standby that cannot be reached is either dead or, behind a broken
+ * link, following the failover policy, which does not let it act on a
+ * heartbeat timeout alone (safe, manual).  On migrate_cancel the
+ * standby is alive, maybe just slow: keep trying to queue the message
+ * for up to a heartbeat timeout.  Closing the connection without it
+ * would look like a dead primary; once the timeout has passed, the
+ * standby has noticed a silence first, which it does not act on alone.
  */
 static void mc_primary_tell_stop(MCSession *mc, uint32_t why)
 {
     uint8_t hdr[MC_WIRE_HDR_SIZE];
     MCWireHeader h = { .type = MC_MSG_STOP, .flags = why };
+    int64_t deadline = mc_now_us();
+    size_t done = 0;
 
+    if (why == MC_STOP_CANCEL) {
+        deadline += migrate_mc_heartbeat_timeout() * 1000LL;
+    }
     mc_wire_encode(&h, hdr);
     qio_channel_set_blocking(mc->ioc, false, NULL);
     qemu_mutex_lock(&mc->send_lock);
-    qio_channel_write(mc->ioc, (char *)hdr, sizeof(hdr), NULL);
+    for (;;) {
+        ssize_t n = qio_channel_write(mc->ioc, (char *)hdr + done,
+                                      sizeof(hdr) - done, NULL);
+
+        if (n > 0) {
+            done += n;
+        }
+        if (done == sizeof(hdr) || (n < 0 && n != QIO_CHANNEL_ERR_BLOCK) ||
+            mc_now_us() >= deadline) {
+            break;
+        }
+        g_usleep(5000);
+    }
     qemu_mutex_unlock(&mc->send_lock);
+    trace_mc_primary_tell_stop(why, done == sizeof(hdr));
 }
 
 /*

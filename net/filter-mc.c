@@ -75,6 +75,7 @@ static struct {
     uint64_t hold_total_us;
     uint64_t hold_max_us;
     uint64_t throttled;
+    uint64_t held_high_water;
 } mc_net;
 
 static int64_t mc_net_now_us(void)
@@ -209,6 +210,7 @@ static ssize_t filter_mc_receive_iov(NetFilterState *nf,
     QSIMPLEQ_INSERT_TAIL(&s->packets, p, next);
     s->held_packets++;
     s->held_bytes += size;
+    mc_net.held_high_water = MAX(mc_net.held_high_water, s->held_bytes);
     trace_mc_net_hold(nf->netdev_id, p->epoch, size, throttle);
 
     if (!mc_net.holding) {
@@ -356,6 +358,7 @@ bool mc_net_start(bool auto_attach, Error **errp)
     qatomic_set(&mc_net.acked, 0);
     mc_net.released_packets = mc_net.released_bytes = 0;
     mc_net.hold_total_us = mc_net.hold_max_us = mc_net.throttled = 0;
+    mc_net.held_high_water = 0;
     mc_net.holding = true;
     QTAILQ_FOREACH(s, &mc_net_filters, link) {
         trace_mc_net_start(NETFILTER(s)->netdev_id, s->automatic,
@@ -401,6 +404,7 @@ void mc_net_fill_info(MCInfo *info)
         info->net_held_packets += s->held_packets;
         info->net_held_bytes += s->held_bytes;
     }
+    info->net_held_high_water = mc_net.held_high_water;
     info->net_released_packets = mc_net.released_packets;
     info->net_released_bytes = mc_net.released_bytes;
     info->net_hold_avg_us = mc_net.released_packets ?

@@ -153,7 +153,7 @@ class Pair:
 
     def __init__(self, topo, wd, nics=('tap',), delay=100, net=True,
                  hb_timeout=10000, policy='safe', trace=None, mem='256M',
-                 tcpserv_ms=20, app=''):
+                 tcpserv_ms=20, app='', primary_extra=()):
         self.topo = topo
         append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
                                                          app)
@@ -176,8 +176,10 @@ class Pair:
                           (i, mac)]
             if role == 'standby':
                 extra += ['-incoming', 'tcp:127.0.0.1:%d' % MIG_PORT]
-            elif trace:
-                extra += ['-trace', 'events=' + trace[0], '-D', trace[1]]
+            else:
+                extra += list(primary_extra)
+                if trace:
+                    extra += ['-trace', 'events=' + trace[0], '-D', trace[1]]
             self.vms[role] = VM(role, guest_args(append, mem=mem,
                                                  extra=extra), wd,
                                 wrapper=wrapper)

@@ -153,6 +153,7 @@ def rtt(args):
 
 def bulk(args):
     sock = connect(args.host, args.port)
+    sock.settimeout(args.timeout)
     t0 = time.perf_counter()
     sock.sendall(b'bulk %d\n' % args.bytes)
     got = 0
@@ -161,10 +162,14 @@ def bulk(args):
         data = sock.recv(1 << 20)
         if not data:
             raise SystemExit('connection closed')
-        got += data.count(b'.')
-        tail = (tail + data)[-32:]
-        if b'bulk done\n' in tail:
+        # records ("srv ...") may come between and after: count dots only
+        window = tail + data
+        end = window.find(b'\nbulk done\n')
+        if end >= 0:
+            got += data[:max(0, end + 1 - len(tail))].count(b'.')
             break
+        got += data.count(b'.')
+        tail = window[-16:]
     secs = time.perf_counter() - t0
     print(json.dumps({'bytes': got, 'seconds': secs}))
 
@@ -178,6 +183,7 @@ def main():
     ap.add_argument('--out', default='/dev/stdout')
     ap.add_argument('--count', type=int, default=100)
     ap.add_argument('--bytes', type=int, default=8 << 20)
+    ap.add_argument('--timeout', type=float, default=60)
     args = ap.parse_args()
     {'stream': stream, 'rtt': rtt, 'bulk': bulk}[args.mode](args)
 
