@@ -389,6 +389,7 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
 
     /* The standby resumes the guest in the run state saved here. */
     global_state_store();
+    mc_net_set_checkpoint_pause(true);
     if (running) {
         vm_stop_force_state(RUN_STATE_FINISH_MIGRATE);
     }
@@ -408,6 +409,7 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
     if (running) {
         vm_start();
     }
+    mc_net_set_checkpoint_pause(false);
     pause = mc_now_us() - start;
 
     pages = stat64_get(&mig_stats.normal_pages) +

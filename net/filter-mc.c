@@ -63,6 +63,7 @@ static QTAILQ_HEAD(, MCNetFilter) mc_net_filters =
 static struct {
     bool holding;               /* MC runs on this side: hold output */
     bool releasing;             /* in mc_net_release_all() */
+    bool checkpoint_pause;      /* the VM is paused for a checkpoint */
     uint64_t epoch;             /* what the guest sends now belongs to */
     uint64_t acked;             /* atomic: last acknowledged checkpoint */
     unsigned auto_count;
@@ -365,6 +366,16 @@ bool mc_net_start(bool auto_attach, Error **errp)
                            NETFILTER(s)->on);
     }
     return true;
+}
+
+void mc_net_set_checkpoint_pause(bool on)
+{
+    mc_net.checkpoint_pause = on;
+}
+
+bool mc_net_checkpoint_pause(void)
+{
+    return mc_net.checkpoint_pause;
 }
 
 void mc_net_checkpoint(uint64_t epoch)

@@ -40,6 +40,17 @@ bool mc_net_start(bool auto_attach, Error **errp);
  */
 void mc_net_checkpoint(uint64_t epoch);
 
+/*
+ * The VM is paused for a checkpoint (@on) or resumed.  Meanwhile the
+ * net layer keeps queued packets instead of purging them as it does
+ * on an ordinary stop: a packet that arrives as the VM pauses would
+ * otherwise be dropped, and at hundreds of pauses a second TCP peers
+ * would stall in retransmission timeouts.  Such packets are not part
+ * of the checkpoint; they reach the guest after the pause.
+ */
+void mc_net_set_checkpoint_pause(bool on);
+bool mc_net_checkpoint_pause(void);
+
 /* Checkpoint @epoch was acknowledged by the standby (any thread). */
 void mc_net_commit(uint64_t epoch);
 

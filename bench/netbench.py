@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Network figures of output commit, side by side in one run.
+
+One protected pair on the namespace network of the tests (tests/mc/
+mcnet.py).  The same guest and client measure, in this order:
+  - no MC (the primary alone, before migrate);
+  - MC at mc-delay 100, then at mc-delay 10 (changed at run time);
+each: round-trip time of a small request/echo (p50, p99) and the TCP
+throughput of a bulk transfer from the guest to the client.
+
+Prints a table and, with --csv FILE, writes the raw samples.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, '..', 'tests', 'mc'))
+from mcnet import Topology, Pair, GUEST_IP  # noqa: E402
+from mcvm import workdir  # noqa: E402
+
+CLIENT = os.path.join(HERE, '..', 'tests', 'mc', 'netclient.py')
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
+
+
+def client(topo, *args):
+    out = subprocess.run(['ip', 'netns', 'exec', topo.cl, sys.executable,
+                          CLIENT] + list(args) + ['--host', GUEST_IP],
+                         check=True, stdout=subprocess.PIPE, text=True,
+                         timeout=600).stdout
+    return json.loads(out)
+
+
+def measure(topo, label, rtt_count, bulk_bytes):
+    rtts = client(topo, 'rtt', '--count', str(rtt_count), '--interval', '5')
+    bulk = client(topo, 'bulk', '--bytes', str(bulk_bytes), '--timeout',
+                  '120')
+    row = {'config': label,
+           'rtt_p50_ms': pct(rtts, 50) * 1000,
+           'rtt_p99_ms': pct(rtts, 99) * 1000,
+           'rtt_mean_ms': statistics.mean(rtts) * 1000,
+           'throughput_MBps': bulk['bytes'] / bulk['seconds'] / 1e6,
+           'samples': rtts}
+    print('%-22s rtt p50 %7.2f ms  p99 %7.2f ms  throughput %6.2f MB/s'
+          % (label, row['rtt_p50_ms'], row['rtt_p99_ms'],
+             row['throughput_MBps']), flush=True)
+    return row
+
+
+def run(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10)):
+    wd = workdir('netbench')
+    topo = Topology()
+    pair = None
+    rows = []
+    try:
+        pair = Pair(topo, wd, delay=delays[0], tcpserv_ms=0)
+        rows.append(measure(topo, 'no MC', rtt_count, bulk_bytes))
+        pair.start_mc()
+        for d in delays:
+            pair.primary.qmp.cmd('migrate-set-parameters', **{'mc-delay': d})
+            rows.append(measure(topo, 'MC mc-delay %d' % d, rtt_count,
+                                bulk_bytes))
+        mc = pair.mc()
+        print('held at most %d bytes per NIC, throttled %d times'
+              % (mc['net-held-high-water'], mc['net-throttled']))
+    finally:
+        if pair:
+            pair.close()
+        topo.close()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--rtt-count', type=int, default=200)
+    ap.add_argument('--bulk-bytes', type=int, default=4 << 20)
+    ap.add_argument('--csv')
+    a = ap.parse_args()
+    rows = run(a.rtt_count, a.bulk_bytes)
+    base = rows[0]
+    for r in rows[1:]:
+        print('%s: extra rtt p50 %+.2f ms, p99 %+.2f ms; throughput %.1f%% '
+              'of no MC' % (r['config'], r['rtt_p50_ms'] - base['rtt_p50_ms'],
+                            r['rtt_p99_ms'] - base['rtt_p99_ms'],
+                            100 * r['throughput_MBps'] /
+                            base['throughput_MBps']))
+    if a.csv:
+        with open(a.csv, 'w') as f:
+            f.write('config,sample,rtt_ms\n')
+            for r in rows:
+                for i, s in enumerate(r['samples']):
+                    f.write('%s,%d,%.3f\n' % (r['config'], i, s * 1000))
+
+
+if __name__ == '__main__':
+    main()
