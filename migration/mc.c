@@ -26,6 +26,7 @@
 #include "qapi/qapi-commands-migration.h"
 #include "qapi/qapi-events-mc.h"
 #include "qobject/qdict.h"
+#include "exec/target_page.h"
 #include "io/channel.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
@@ -349,7 +350,6 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         int64_t left = epoch_start_us + delay_us - now;
         /* poll the dirty set a few times per epoch, at most every 5 ms */
         int64_t poll = MAX(delay_us / 8, 5000);
-        uint64_t must = 0, can = 0;
         bool stop;
 
         qemu_mutex_lock(&mc->lock);
@@ -365,9 +365,8 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         if (mc_now_us() >= epoch_start_us + delay_us) {
             return true;
         }
-        /* syncs the dirty bitmap (takes the BQL): how much is dirty now? */
-        qemu_savevm_state_pending_exact(&must, &can);
-        if (must + can > mc->staging->capacity / 2) {
+        if (mc_dirty_estimate() * qemu_target_page_size() >
+            mc->staging->capacity / 2) {
             *early = true;
             return true;
         }
@@ -393,6 +392,8 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
     if (running) {
         vm_stop_force_state(RUN_STATE_FINISH_MIGRATE);
     }
+    /* What the guest sends from now on belongs to the next checkpoint */
+    mc_net_checkpoint(epoch);
 
     mc_staging_rewind(mc->staging);
     ram_mc_begin_checkpoint(mc->sfile);
@@ -403,9 +404,6 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
     if (!ret) {
         ret = qemu_file_get_error(mc->sfile);
     }
-    /* What the guest sends from now on belongs to the next checkpoint */
-    mc_net_checkpoint(epoch);
-
     if (running) {
         vm_start();
     }

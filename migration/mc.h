@@ -72,4 +72,7 @@ void mc_fill_info(MigrationInfo *info);
 /* Implemented in ram.c: send the next checkpoint's pages to @f */
 void ram_mc_begin_checkpoint(QEMUFile *f);
 
+/* Pages dirtied since the last checkpoint, the log left as it is */
+uint64_t mc_dirty_estimate(void);
+
 #endif

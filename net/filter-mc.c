@@ -205,8 +205,12 @@ static ssize_t filter_mc_receive_iov(NetFilterState *nf,
     p->held_us = mc_net_now_us();
     p->flags = flags;
     p->size = iov_to_buf(iov, iovcnt, 0, p->data, size);
-    /* Over the bound, a sender that can wait does: back-pressure */
-    throttle = sent_cb && s->held_bytes + size > s->max_held;
+    /*
+     * Over the bound, a sender that can wait does: back-pressure.  Not
+     * during a checkpoint pause, see mc_net_checkpoint().
+     */
+    throttle = sent_cb && !mc_net.checkpoint_pause &&
+               s->held_bytes + size > s->max_held;
     p->sent_cb = throttle ? sent_cb : NULL;
     QSIMPLEQ_INSERT_TAIL(&s->packets, p, next);
     s->held_packets++;
@@ -380,10 +384,35 @@ bool mc_net_checkpoint_pause(void)
 
 void mc_net_checkpoint(uint64_t epoch)
 {
-    if (mc_net.holding) {
-        mc_net.epoch = epoch + 1;
-        trace_mc_net_barrier(epoch);
+    MCNetFilter *s;
+    MCNetPacket *p;
+
+    if (!mc_net.holding) {
+        return;
     }
+    /*
+     * A NIC paused by back-pressure has a transmission in flight (taken
+     * from its ring, not completed), which no device state can carry:
+     * the standby would wait for it forever.  Complete it: the packet
+     * stays held.  The NIC may then drain its ring into this epoch.
+     */
+    QTAILQ_FOREACH(s, &mc_net_filters, link) {
+        NetClientState *sender = NETFILTER(s)->netdev ?
+                                 NETFILTER(s)->netdev->peer : NULL;
+
+        QSIMPLEQ_FOREACH(p, &s->packets, next) {
+            NetPacketSent *cb = p->sent_cb;
+
+            if (cb) {
+                p->sent_cb = NULL;
+                if (sender) {
+                    cb(sender, p->size);
+                }
+            }
+        }
+    }
+    mc_net.epoch = epoch + 1;
+    trace_mc_net_barrier(epoch);
 }
 
 void mc_net_commit(uint64_t epoch)

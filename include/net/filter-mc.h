@@ -35,8 +35,9 @@
 bool mc_net_start(bool auto_attach, Error **errp);
 
 /*
- * Checkpoint @epoch was taken: what the guest sends next belongs to the
- * checkpoint after it.  Call with the VM paused.
+ * Checkpoint @epoch is being taken: what the guest sends next belongs
+ * to the checkpoint after it.  Call with the VM paused, before its
+ * devices are saved (it may complete a NIC's pending transmission).
  */
 void mc_net_checkpoint(uint64_t epoch);
 

@@ -168,7 +168,11 @@ def failover_run(name, net, delay):
                         problems(evs), timeout=30)
         except TimeoutError:
             pass        # a stalled stream: the callers see it in the count
-        return client.stop(), n_kill
+        evs = client.stop()
+        # the guest runs on from a consistent state: no kernel crash
+        oops = re.findall(r'(?:Kernel panic|Oops|BUG:|general protection)'
+                          r'[^\n]*', pair.standby.serial())
+        return evs, n_kill, oops
     finally:
         teardown(wd, topo, pair, [client] if client else [])
 
@@ -176,7 +180,8 @@ def failover_run(name, net, delay):
 def test_net_failover_kill_primary():
     """kill -9 the primary mid-stream: the client's TCP connection goes
     on with the standby, no reset, no gap, no duplicate, every echo."""
-    evs, n_kill = failover_run('netfailover', True, 100)
+    evs, n_kill, oops = failover_run('netfailover', True, 100)
+    assert not oops, oops
     srv_t = [e['t'] for e in evs if e['ev'] == 'srv']
     print('longest silence in the stream: %.0f ms' % (
         max(b - a for a, b in zip(srv_t, srv_t[1:])) * 1000))
@@ -194,7 +199,7 @@ def test_net_failover_has_teeth():
     stream: it saw output of a state the standby never had.  (With
     mc-delay 500 the kill lands after some output of the epoch in
     progress left, unless it falls in the first few ms of an epoch.)"""
-    evs, n_kill = failover_run('netfailteeth', False, 500)
+    evs, n_kill, oops = failover_run('netfailteeth', False, 500)
     stalled = srv_count(evs) < n_kill + 150
     print('without buffering the client saw: %s%s' % (
         problems(evs)[:2], ' and the stream stalled' if stalled else ''))
