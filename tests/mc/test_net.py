@@ -23,7 +23,7 @@ import signal
 import subprocess
 import time
 
-from mcnet import Topology, Pair, problems
+from mcnet import GUEST_MAC, Topology, Pair, problems, sh
 from mcvm import wait_migration, workdir
 
 FREEZE_S = 2.0
@@ -163,6 +163,12 @@ def failover_run(name, net, delay):
         ev = pair.standby.qmp.wait_event('MC_FAILOVER', timeout=30)
         assert ev['data']['role'] == 'standby', ev
         assert pair.standby.qmp.cmd('query-status')['status'] == 'running'
+        # announced: the bridge learnt the guest's MAC on the standby's tap
+        deadline = time.time() + 5
+        while GUEST_MAC not in sh('bridge', '-n', topo.hv, 'fdb', 'show',
+                                  'dev', topo.tap_name('standby')):
+            assert time.time() < deadline, 'guest MAC not on standby port'
+            time.sleep(0.05)
         try:
             client.wait(lambda evs: srv_count(evs) >= n_kill + 150 or
                         problems(evs), timeout=30)
