@@ -4,6 +4,7 @@
 #   make build   fetch + patch + overlay the QEMU base and build it
 #   make guest   build the small Linux test guest
 #   make demo    set up, build, run a protected VM pair and fail it over
+#   make bench   set up, build, measure (docs/benchmarks.md, docs/bench/)
 #
 # Layout: build/download (cached source package), build/src (base +
 # patches/ + overlay), build/qemu (meson build directory), build/guest.
@@ -28,7 +29,7 @@ QEMU_CONFIGURE := --target-list=x86_64-softmmu --without-default-features \
 NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/qtest/mc-test
 
-.PHONY: all setup base configure build guest check test demo clean distclean
+.PHONY: all setup base configure build guest check test demo bench clean distclean
 
 all: build
 
@@ -60,6 +61,11 @@ check: setup
 demo: setup
 	@$(MAKE) --no-print-directory build guest
 	@/usr/bin/python3 scripts/mc-demo.py
+
+# The SPEC 5 figures, side by side with plain precopy, in one run.
+bench: setup
+	@$(MAKE) --no-print-directory build guest
+	@/usr/bin/python3 bench/run.py
 
 clean:
 	rm -rf $(OBJ) $(BUILD)/guest $(BUILD)/test-logs

@@ -153,7 +153,7 @@ class Pair:
 
     def __init__(self, topo, wd, nics=('tap',), delay=100, net=True,
                  hb_timeout=10000, policy='safe', trace=None, mem='256M',
-                 tcpserv_ms=20, app='', primary_extra=()):
+                 tcpserv_ms=20, app='', primary_extra=(), mc=True):
         self.topo = topo
         append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
                                                          app)
@@ -189,7 +189,7 @@ class Pair:
         self.primary = self.vms['primary']
         self.standby = self.vms['standby']
         self.primary.wait_serial('mc-tcpserv: listening', timeout=120)
-        for vm in (self.primary, self.standby):
+        for vm in (self.primary, self.standby) if mc else ():
             caps = [{'capability': 'mc', 'state': True}]
             if not net:
                 caps.append({'capability': 'mc-net-disable', 'state': True})
