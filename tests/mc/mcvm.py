@@ -160,13 +160,13 @@ class VM:
                 self.kill()
 
 
-def guest_args(append='', mem='256M', extra=()):
+def guest_args(append='', mem='256M', extra=(), machine='q35'):
     """Command line for the Linux test guest under TCG."""
     kernel = os.path.join(GUEST, 'vmlinuz')
     initrd = os.path.join(GUEST, 'initrd.img')
     if not os.path.exists(kernel):
         raise Skip('test guest not built (make guest)')
-    return ['-accel', 'tcg', '-machine', 'q35', '-m', mem,
+    return ['-accel', 'tcg', '-machine', machine, '-m', mem,
             '-kernel', kernel, '-initrd', initrd,
             '-append', 'console=ttyS0 panic=-1 quiet ' + append] + list(extra)
 
