@@ -9,6 +9,8 @@ it too, as COLO does, and takes over with x-colo-lost-heartbeat.
 
 import os
 import re
+import signal
+import time
 
 from mcvm import VM, guest_args, free_port, wait_migration
 
@@ -62,6 +64,15 @@ class ColoPair:
                     out.append((t - stop) * 1e6)
                     stop = None
         return out
+
+    def failover_ms(self):
+        """kill -9 the primary; management reacts at once with
+        x-colo-lost-heartbeat: ms from the kill to COLO_EXIT."""
+        t0 = time.time()
+        self.primary.kill(signal.SIGKILL)
+        self.secondary.qmp.cmd('x-colo-lost-heartbeat')
+        self.secondary.qmp.wait_event('COLO_EXIT', timeout=30)
+        return (time.time() - t0) * 1000
 
     def close(self):
         for vm in (self.primary, self.secondary):

@@ -153,7 +153,8 @@ class Pair:
 
     def __init__(self, topo, wd, nics=('tap',), delay=100, net=True,
                  hb_timeout=10000, policy='safe', trace=None, mem='256M',
-                 tcpserv_ms=20, app='', primary_extra=(), mc=True):
+                 tcpserv_ms=20, app='', primary_extra=(), mc=True,
+                 machine='q35'):
         self.topo = topo
         append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
                                                          app)
@@ -181,7 +182,8 @@ class Pair:
                 if trace:
                     extra += ['-trace', 'events=' + trace[0], '-D', trace[1]]
             self.vms[role] = VM(role, guest_args(append, mem=mem,
-                                                 extra=extra), wd,
+                                                 extra=extra,
+                                                 machine=machine), wd,
                                 wrapper=wrapper)
             for i, kind in enumerate(nics):
                 if kind == 'tap':

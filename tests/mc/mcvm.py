@@ -45,6 +45,9 @@ class QMP:
         self.buf = b''
         self.events = []
         greeting = self._read()
+        while 'event' in greeting:      # seen once before the greeting
+            self.events.append(greeting)
+            greeting = self._read()
         assert 'QMP' in greeting, greeting
         self.cmd('qmp_capabilities')
 
