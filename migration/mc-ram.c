@@ -16,16 +16,13 @@
 
 /*
  * Pages the guest dirtied since the last checkpoint, counted without
- * taking them out of the dirty log.  Syncing the migration bitmap while
- * the VM runs (as precopy does) would take them out, and under TCG that
- * races with a vCPU in notdirty_write(): between its "page still clean?"
- * test and tlb_set_dirty(), a sync can clear the page's dirty bit and
- * reset its TLB entry, which tlb_set_dirty() then makes writable again;
- * the page's later writes are logged nowhere and missed by every
- * checkpoint (seen as a standby whose RAM differed from the primary's in
- * a page or two after seconds of MC, and guests that crashed after
- * failover).  Checkpoints therefore sync only with the VM paused; this
- * reads the log, after fetching the accelerator's (KVM) into it.
+ * taking them out of the dirty log: checkpoints sync the log only with
+ * the VM paused, so a poll costs no TLB reset and no bitmap copy while
+ * the guest runs.  (Syncing here is how an upstream TCG bug showed up:
+ * a sync reset the TLB only for pages new to the migration bitmap, so a
+ * page dirtied again before it was sent stayed writable and its later
+ * stores were missed; fixed in patches/migration-dirty-sync-tlb-reset.)
+ * This reads the log, after fetching the accelerator's (KVM) into it.
  */
 uint64_t mc_dirty_estimate(void)
 {

@@ -20,7 +20,15 @@ RUN_S = 8
 MEM = 256 << 20
 
 
-def differing_pages(a, b):
+def describe(x, y, addr):
+    """Where two 4 KiB pages differ: count and the first few bytes."""
+    offs = [i for i in range(len(x)) if x[i] != y[i]]
+    return '%#x: %d bytes differ, first %s' % (
+        addr, len(offs), ', '.join('+%#x primary %#04x standby %#04x' % (
+            o, x[o], y[o]) for o in offs[:6]))
+
+
+def differing_pages(a, b, details=None):
     out = []
     with open(a, 'rb') as fa, open(b, 'rb') as fb:
         addr = 0
@@ -30,8 +38,11 @@ def differing_pages(a, b):
                 break
             if x != y:
                 for off in range(0, len(x), 4096):
-                    if x[off:off + 4096] != y[off:off + 4096]:
+                    px, py = x[off:off + 4096], y[off:off + 4096]
+                    if px != py:
                         out.append(hex(addr + off))
+                        if details is not None and len(details) < 8:
+                            details.append(describe(px, py, addr + off))
             addr += len(x)
     return out
 
@@ -55,9 +66,12 @@ def test_standby_memory_equals_primary():
         p, s = os.path.join(wd, 'primary.mem'), os.path.join(wd, 'standby.mem')
         pair.primary.qmp.cmd('pmemsave', val=0, size=MEM, filename=p)
         pair.standby.qmp.cmd('pmemsave', val=0, size=MEM, filename=s)
-        diff = differing_pages(p, s)
+        details = []
+        diff = differing_pages(p, s, details)
         print('%d checkpoints applied; %d of %d pages differ %s' % (
             applied, len(diff), MEM // 4096, diff[:10]))
+        for line in details:
+            print('  ' + line)
         assert applied > RUN_S * 10, applied
         assert not diff, diff
     finally:
