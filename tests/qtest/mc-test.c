@@ -107,11 +107,27 @@ static void mc_wait_status(QTestState *who, const char *want)
     g_error("migration status never became '%s'", want);
 }
 
-/* Wait until @who has @n more acknowledged checkpoints than now. */
+/*
+ * Wait until @who has @n more acknowledged checkpoints than now.  The
+ * status turns "mc" just before the MC session (and its statistics)
+ * exists: wait for the statistics first.
+ */
 static void mc_wait_acked(QTestState *who, uint64_t n)
 {
-    uint64_t target = mc_stat(who, "acked") + n;
+    uint64_t target;
     int i;
+
+    for (i = 0; i < MC_WAIT_SECONDS * 20; i++) {
+        QDict *rsp = mc_query(who);
+        bool has = qdict_haskey(rsp, "mc");
+
+        qobject_unref(rsp);
+        if (has) {
+            break;
+        }
+        g_usleep(50 * 1000);
+    }
+    target = mc_stat(who, "acked") + n;
 
     for (i = 0; i < MC_WAIT_SECONDS * 20; i++) {
         if (mc_stat(who, "acked") >= target) {
