@@ -6,7 +6,15 @@ mcnet.py).  The same guest and client measure, in this order:
   - no MC (the primary alone, before migrate);
   - MC at mc-delay 100, then at mc-delay 10 (changed at run time);
 each: round-trip time of a small request/echo (p50, p99) and the TCP
-throughput of a bulk transfer from the guest to the client.
+throughput of a bulk transfer from the guest to the client.  Then the
+primary is killed while a client sends a request every 10 ms: the time
+from the kill to the first answer the client gets, and whether its
+connection saw anything wrong.
+
+run_colo() does the same for upstream COLO with its network proxy
+(colo-compare; tests/mc/colo.py ColoNetPair).  It has no "no COLO"
+figure: once the proxy is in place the primary's packets wait for the
+secondary's, so the baseline is the MC pair's "no MC".
 
 Prints a table and, with --csv FILE, writes the raw samples.
 """
@@ -14,14 +22,18 @@ Prints a table and, with --csv FILE, writes the raw samples.
 import argparse
 import json
 import os
+import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'tests', 'mc'))
-from mcnet import Topology, Pair, GUEST_IP  # noqa: E402
+from mcnet import Topology, Pair, GUEST_IP, problems  # noqa: E402
 from mcvm import workdir  # noqa: E402
+from colo import ColoNetPair  # noqa: E402
 
 CLIENT = os.path.join(HERE, '..', 'tests', 'mc', 'netclient.py')
 
@@ -55,7 +67,31 @@ def measure(topo, label, rtt_count, bulk_bytes):
     return row
 
 
-def run(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10)):
+def failover_seen(topo, wd, label, kill):
+    """Kill the primary (kill() also does what management must do) while
+    a client sends a request every 10 ms: ms from the kill to the first
+    answer after it, and the client's complaints (gap, reset)."""
+    client = topo.client(os.path.join(wd, 'fo-client'), interval=10)
+    try:
+        client.wait(lambda evs: sum(e['ev'] == 'echo' for e in evs) >= 20)
+        t_kill = time.time()
+        kill()
+        evs = client.wait(lambda evs: any(e['ev'] == 'echo' and
+                                          e['t'] > t_kill for e in evs),
+                          timeout=60)
+        first = min(e['t'] for e in evs
+                    if e['ev'] == 'echo' and e['t'] > t_kill)
+        time.sleep(2)       # answers keep coming, nothing breaks
+    finally:
+        evs = client.stop()
+    bad = problems(evs)
+    ms = (first - t_kill) * 1000
+    print('%-22s kill -> first answer %7.1f ms, client problems: %s'
+          % (label, ms, bad[:3] or 'none'), flush=True)
+    return {'config': label, 'failover_ms': ms, 'problems': len(bad)}
+
+
+def run(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10), failover=False):
     wd = workdir('netbench')
     topo = Topology()
     pair = None
@@ -71,6 +107,42 @@ def run(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10)):
         mc = pair.mc()
         print('held at most %d bytes per NIC, throttled %d times'
               % (mc['net-held-high-water'], mc['net-throttled']))
+        if failover:
+            rows.append(failover_seen(
+                topo, wd, 'MC mc-delay %d' % delays[-1],
+                lambda: pair.primary.kill(signal.SIGKILL)))
+    finally:
+        if pair:
+            pair.close()
+        topo.close()
+    return rows
+
+
+def run_colo(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10),
+             mem='512M'):
+    """Upstream COLO, same guest and client, x-checkpoint-delay matched;
+    ends with a failover (the secondary's part as COLO-FT.txt has it)."""
+    wd = workdir('netbench-colo')
+    topo = Topology()
+    pair = None
+    rows = []
+    try:
+        pair = ColoNetPair(topo, wd, delay_ms=delays[0], mem=mem)
+        pair.start()
+        for d in delays:
+            pair.primary.qmp.cmd('migrate-set-parameters',
+                                 **{'x-checkpoint-delay': d})
+            n0, t0 = pair.checkpoints(), time.time()
+            row = measure(topo, 'COLO delay %d' % d, rtt_count, bulk_bytes)
+            row['checkpoints_per_s'] = ((pair.checkpoints() - n0) /
+                                        (time.time() - t0))
+            rows.append(row)
+
+        def kill():
+            pair.primary.kill(signal.SIGKILL)
+            pair.take_over()
+        rows.append(failover_seen(topo, wd, 'COLO delay %d' % delays[-1],
+                                  kill))
     finally:
         if pair:
             pair.close()
@@ -83,10 +155,16 @@ def main():
     ap.add_argument('--rtt-count', type=int, default=200)
     ap.add_argument('--bulk-bytes', type=int, default=4 << 20)
     ap.add_argument('--csv')
+    ap.add_argument('--colo', action='store_true',
+                    help='also measure upstream COLO')
     a = ap.parse_args()
-    rows = run(a.rtt_count, a.bulk_bytes)
+    rows = run(a.rtt_count, a.bulk_bytes, failover=True)
+    if a.colo:
+        rows += run_colo(a.rtt_count, a.bulk_bytes)
     base = rows[0]
     for r in rows[1:]:
+        if 'samples' not in r:
+            continue
         print('%s: extra rtt p50 %+.2f ms, p99 %+.2f ms; throughput %.1f%% '
               'of no MC' % (r['config'], r['rtt_p50_ms'] - base['rtt_p50_ms'],
                             r['rtt_p99_ms'] - base['rtt_p99_ms'],
@@ -96,7 +174,7 @@ def main():
         with open(a.csv, 'w') as f:
             f.write('config,sample,rtt_ms\n')
             for r in rows:
-                for i, s in enumerate(r['samples']):
+                for i, s in enumerate(r.get('samples', ())):
                     f.write('%s,%d,%.3f\n' % (r['config'], i, s * 1000))
 
 

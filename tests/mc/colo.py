@@ -13,6 +13,7 @@ import signal
 import time
 
 from mcvm import VM, guest_args, free_port, wait_migration
+from mcnet import GUEST_IP, GUEST_MAC
 
 
 class ColoPair:
@@ -77,3 +78,98 @@ class ColoPair:
     def close(self):
         for vm in (self.primary, self.secondary):
             vm.kill()
+
+
+class ColoNetPair(ColoPair):
+    """COLO with a NIC on the namespace network of the MC tests.
+
+    The network proxy of upstream's COLO-FT.txt on an mcnet.Topology.
+    The primary mirrors what the client sends to the secondary
+    (filter-mirror) and passes both guests' output through colo-compare,
+    which releases the primary's packets when the secondary produced the
+    same ones and forces a checkpoint when they differ; the secondary
+    redirects its NIC to the primary's chardevs and rewrites TCP sequence
+    numbers (filter-rewriter).  Both QEMUs run in the hypervisor namespace, so the
+    chardevs and the migration channel use fixed ports on its loopback.
+    Guest: mc-tcpserv on GUEST_IP, virtio-net as in the MC benchmarks,
+    hence vnet_hdr_support on every filter (without it colo-compare
+    cannot parse a packet and passes it on uncompared).
+    """
+
+    def __init__(self, topo, wd, delay_ms=100, mem='256M', tcpserv_ms=0,
+                 app='', events=()):
+        self.topo = topo
+        self.trace = os.path.join(wd, 'colo-primary.trace')
+        evfile = os.path.join(wd, 'colo-events')
+        with open(evfile, 'w') as f:
+            f.write('\n'.join(('colo_send_message', 'colo_vm_state_change') +
+                              tuple(events)) + '\n')
+        append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
+                                                         app)
+        wrapper = ['ip', 'netns', 'exec', topo.hv]
+
+        def nic(role):
+            return ['-netdev', 'tap,id=hn0,vhost=off,ifname=%s,script=no,'
+                    'downscript=no' % topo.tap_name(role),
+                    '-device', 'virtio-net-pci,netdev=hn0,mac=' + GUEST_MAC]
+
+        def sock(cid, port, server=False, wait=False):
+            opt = 'socket,id=%s,host=127.0.0.1,port=%d' % (cid, port)
+            if server:
+                opt += ',server=on,wait=%s' % ('on' if wait else 'off')
+            return ['-chardev', opt]
+
+        # the secondary first: the primary waits for it on compare1
+        sec = nic('secondary') + [
+            '-chardev', 'socket,id=red0,host=127.0.0.1,port=9003,'
+            'reconnect-ms=200',
+            '-chardev', 'socket,id=red1,host=127.0.0.1,port=9004,'
+            'reconnect-ms=200',
+            '-object', 'filter-redirector,id=f1,netdev=hn0,queue=tx,'
+            'indev=red0,vnet_hdr_support=on',
+            '-object', 'filter-redirector,id=f2,netdev=hn0,queue=rx,'
+            'outdev=red1,vnet_hdr_support=on',
+            '-object', 'filter-rewriter,id=rew0,netdev=hn0,queue=all,'
+            'vnet_hdr_support=on',
+            '-incoming', 'tcp:127.0.0.1:9998']
+        self.secondary = VM('colo-secondary', guest_args(
+            append, mem=mem, machine='pc', extra=sec), wd, wrapper=wrapper)
+        topo.plug(topo.tap_name('secondary'))
+        pri = (nic('primary') + sock('mirror0', 9003, True) +
+               sock('compare1', 9004, True, True) +
+               sock('compare0', 9001, True) + sock('compare0-0', 9001) +
+               sock('compare_out', 9005, True) +
+               sock('compare_out0', 9005) + [
+                   '-object', 'filter-mirror,id=m0,netdev=hn0,queue=tx,'
+                   'outdev=mirror0,vnet_hdr_support=on',
+                   '-object', 'filter-redirector,id=redire0,netdev=hn0,'
+                   'queue=rx,indev=compare_out,vnet_hdr_support=on',
+                   '-object', 'filter-redirector,id=redire1,netdev=hn0,'
+                   'queue=rx,outdev=compare0,vnet_hdr_support=on',
+                   '-object', 'iothread,id=iothread1',
+                   '-object', 'colo-compare,id=comp0,primary_in=compare0-0,'
+                   'secondary_in=compare1,outdev=compare_out0,'
+                   'iothread=iothread1,vnet_hdr_support=on',
+                   '-trace', 'events=' + evfile, '-D', self.trace,
+                   '-msg', 'timestamp=on'])
+        self.primary = VM('colo-primary', guest_args(
+            append, mem=mem, machine='pc', extra=pri), wd, wrapper=wrapper)
+        topo.plug(topo.tap_name('primary'))
+        self.port = 9998
+        self.delay = delay_ms
+        self.primary.wait_serial('mc-tcpserv: listening', timeout=120)
+        for vm in (self.primary, self.secondary):
+            vm.qmp.cmd('migrate-set-capabilities', capabilities=[
+                {'capability': 'x-colo', 'state': True}])
+        self.primary.qmp.cmd('migrate-set-parameters', **{
+            'x-checkpoint-delay': delay_ms})
+
+    def take_over(self):
+        """Management's part of a secondary failover (COLO-FT.txt): end
+        COLO, then drop the redirectors that point at the dead primary."""
+        qmp = self.secondary.qmp
+        qmp.cmd('x-colo-lost-heartbeat')
+        for obj in ('f2', 'f1'):
+            qmp.cmd('object-del', id=obj)
+        for chr_id in ('red1', 'red0'):
+            qmp.cmd('chardev-remove', id=chr_id)
