@@ -1054,6 +1054,14 @@ void mc_fill_info(MigrationInfo *info)
         if (mc->role == MC_ROLE_PRIMARY) {
             mc_net_fill_info(info->mc);      /* BQL: QMP and HMP hold it */
         }
+    } else if (info->has_status && info->status == MIGRATION_STATUS_MC) {
+        /*
+         * Precopy has completed into "mc" and the primary's session is
+         * about to start: report the new session, not the last one.
+         */
+        info->mc = g_new0(MCInfo, 1);
+        info->mc->role = MC_ROLE_PRIMARY;
+        info->mc->staging_size = migrate_mc_max_buffer_size();
     } else if (mc_last_stats) {
         info->mc = g_memdup2(mc_last_stats, sizeof(MCInfo));
     }
