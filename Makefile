@@ -62,7 +62,7 @@ demo: setup
 	@$(MAKE) --no-print-directory build guest
 	@/usr/bin/python3 scripts/mc-demo.py
 
-# The SPEC 5 figures, side by side with plain precopy, in one run.
+# The SPEC 5 figures, side by side with upstream COLO and plain precopy.
 bench: setup
 	@$(MAKE) --no-print-directory build guest
 	@/usr/bin/python3 bench/run.py

@@ -166,19 +166,35 @@ def run_slowdown(rep, rows):
         topo.close()
 
 
+def colo_pauses(pair, rate, rep, rows):
+    """COLO's pauses (and their dirty pages) over MEASURE_S."""
+    time.sleep(1)
+    skip = len(pair.pause_pages())
+    time.sleep(MEASURE_S)
+    for pages, us in pair.pause_pages()[skip:]:
+        if pages is not None:
+            rows['colo_pause'].append((rep, rate, pages, us))
+
+
 def run_colo(rep, rows):
     """Upstream COLO on the same guest, checkpoint delay matched (100 ms):
-    pause per checkpoint, checkpoints per second at delay 0, RSS,
-    failover; then the slowdown of the flat-out workload."""
+    pause per checkpoint at each dirty rate, checkpoints per second at
+    delay 0, RSS, failover; then the slowdown of the flat-out
+    workload."""
+    for rate in RATES[1:]:
+        wd = workdir('bench-colo-r%d' % rate)
+        pair = ColoPair(wd, delay_ms=100, mem=MEM,
+                        app='mc.dirty=64,%d' % rate)
+        try:
+            pair.start()
+            colo_pauses(pair, rate, rep, rows)
+        finally:
+            pair.close()
     wd = workdir('bench-colo')
     pair = ColoPair(wd, delay_ms=100, mem=MEM)
     try:
         pair.start()
-        time.sleep(1)
-        skip = len(pair.pauses_us())
-        time.sleep(MEASURE_S)
-        for p in pair.pauses_us()[skip:]:
-            rows['colo_pause'].append((rep, p))
+        colo_pauses(pair, 0, rep, rows)
         rows['colo_rss'].append((rep, rss_mib(pair.primary.proc.pid),
                                  rss_mib(pair.secondary.proc.pid)))
         # 1 ms: with 0, no checkpoint was sent at all in a 2 s window
@@ -296,6 +312,7 @@ def main():
             if 'failover_ms' in r:
                 rows['net_failover'].append((rep, r['config'],
                                              r['failover_ms'],
+                                             r['silence_ms'],
                                              r['problems']))
                 continue
             for i, s in enumerate(r['samples']):
@@ -314,7 +331,8 @@ def main():
               rows['slowdown'])
     write_csv('precopy.csv', 'rep,rate_pps,total_ms,downtime_ms,'
               'dest_rss_mib', rows['precopy'])
-    write_csv('colo-pause.csv', 'rep,pause_us', rows['colo_pause'])
+    write_csv('colo-pause.csv', 'rep,rate_pps,dirty_pages,pause_us',
+              rows['colo_pause'])
     write_csv('colo.csv', 'rep,primary_rss_mib,secondary_rss_mib',
               rows['colo_rss'])
     write_csv('colo-checkpoints-per-second.csv', 'rep,per_s',
@@ -325,8 +343,8 @@ def main():
               rows['colo_slowdown'])
     write_csv('net.csv', 'rep,config,sample,rtt_ms,throughput_MBps',
               rows['net'])
-    write_csv('net-failover.csv', 'rep,config,kill_to_answer_ms,'
-              'client_problems', rows['net_failover'])
+    write_csv('net-failover.csv', 'rep,config,kill_to_answers_ms,'
+              'silence_ms,client_problems', rows['net_failover'])
     write_csv('colo-net-checkpoints-per-second.csv', 'rep,config,per_s',
               rows['colo_net_rate'])
 
@@ -368,13 +386,18 @@ def main():
             thr_ratio[who, d] = [100 * m / b for m, b in
                                  zip(net_fig(cfg % d, 'thr'),
                                      net_fig('no MC', 'thr'))]
-    fo_cli = {who: [ms for _, c, ms, _ in rows['net_failover']
+    fo_cli = {who: [ms for _, c, ms, _, _ in rows['net_failover']
                     if c.startswith(who)] for who in ('MC', 'COLO')}
-    fo_bad = {who: sum(n for _, c, _, n in rows['net_failover']
+    fo_sil = {who: [ms for _, c, _, ms, _ in rows['net_failover']
+                    if c.startswith(who)] for who in ('MC', 'COLO')}
+    fo_bad = {who: sum(n for _, c, _, _, n in rows['net_failover']
                        if c.startswith(who)) for who in ('MC', 'COLO')}
     c_net_rate = {d: [x for _, c, x in rows['colo_net_rate']
                       if c == 'COLO delay %d' % d] for d in (100, 10)}
-    cp = [p / 1000 for _, p in rows['colo_pause']]
+    cp = [p / 1000 for _, r, _, p in rows['colo_pause'] if r == 0]
+    c_by_rate = {r: [p / 1000 for _, rr, _, p in rows['colo_pause']
+                     if rr == r] for r in RATES}
+    c_b, c_a = slope([(pg, p) for _, _, pg, p in rows['colo_pause']])
     c_ck0 = [x for _, x in rows['colo_rate0']]
     c_sd = [100 * (1 - m / n) for _, n, m in rows['colo_slowdown']]
     c_fo = [x for _, x in rows['colo_failover']]
@@ -397,8 +420,9 @@ def main():
 
     idle_s = [(r, p) for r, rate, _, p in rows['pause'] if rate == 0]
     idle_p50, idle_p99 = per_rep(idle_s, 50), per_rep(idle_s, 99)
-    colo_p50 = per_rep(rows['colo_pause'], 50)
-    colo_p99 = per_rep(rows['colo_pause'], 99)
+    c_idle_s = [(r, p) for r, rate, _, p in rows['colo_pause'] if rate == 0]
+    colo_p50 = per_rep(c_idle_s, 50)
+    colo_p99 = per_rep(c_idle_s, 99)
 
     def with_max(per, pooled):
         return '%s; max %.2f' % (spread(per), max(pooled)) if pooled \
@@ -414,8 +438,12 @@ def main():
          ratio(colo_p99, idle_p99) + '; target p99 <= 5 ms',
          'same samples'),
         ('pause growth per dirty 4 KiB page (us)', '%.3f (fixed %.2f ms)' % (
-            b, a / 1000), 'not measured', 'target <= 0.5 us',
-         'least squares over all checkpoints at %s pages/s' % (
+            b, a / 1000), '%.3f (fixed %.2f ms)' % (c_b, c_a / 1000),
+         (ratio([c_b], [b]) if c_b > 0 else
+          'COLO: no growth (its pause is its waits for the secondary)') +
+         '; target <= 0.5 us',
+         'least squares over all checkpoints at %s pages/s (COLO: pages '
+         'from its dirty-log sync trace)' % (
              ', '.join(str(r) for r in RATES))),
         ('checkpoints per second, idle, delay 0 (COLO: 1 ms)',
          spread(ck0, '%.0f'),
@@ -459,13 +487,18 @@ def main():
          spread(fo_rec, '%.0f'), '', 'target <= 100 ms after detection',
          'MC only: client in its own namespace, records every 20 ms '
          '(COLO would force a checkpoint on each: its records differ)'),
-        ('failover: kill -> first answer to the client (ms), delay 10',
+        ('failover: kill -> the client is answered again (ms), delay 10',
          spread(fo_cli['MC'], '%.0f'), spread(fo_cli['COLO'], '%.0f'),
          ratio(fo_cli['COLO'], fo_cli['MC']) +
          '; client problems MC %d, COLO %d' % (fo_bad['MC'],
                                               fo_bad['COLO']),
-         'request every 10 ms; COLO: management runs x-colo-lost-heartbeat '
-         'and removes the redirectors at once (COLO-FT.txt)'),
+         'a request every 10 ms; the end of the longest silence between '
+         'answers that ends after the kill; COLO: management runs '
+         'x-colo-lost-heartbeat and removes the redirectors at once '
+         '(COLO-FT.txt)'),
+        ('failover: that silence, as the client sees it (ms)',
+         spread(fo_sil['MC'], '%.0f'), spread(fo_sil['COLO'], '%.0f'),
+         ratio(fo_sil['COLO'], fo_sil['MC']), 'same'),
         ('standby RSS (MiB), guest %d MiB' % MEM_MIB, spread(sb_rss, '%.0f'),
          spread(c_sec, '%.0f'), ratio(c_sec, sb_rss) +
          '; target <= guest + buffer + 64', 'VmRSS at steady state'),
@@ -488,15 +521,25 @@ def main():
                 '%s ms, downtime %s ms.\n' % (
                     spread(pre_total, '%.0f'), spread(pre_down, '%.0f'),
                     spread(pre_total5, '%.0f'), spread(pre_down5, '%.0f')))
-        f.write('\nPause by dirty rate (ms, p50 / p99 / max; all '
-                'repetitions pooled):\n\n'
-                '| pages/s | p50 | p99 | max | samples |\n'
-                '|---|---|---|---|---|\n')
+        f.write('\nPause by dirty rate, mc-delay / x-checkpoint-delay 100 '
+                '(ms; all repetitions pooled; pages: per checkpoint, '
+                'mean):\n\n'
+                '| pages/s | MC pages | MC p50 | MC p99 | MC max | MC n '
+                '| COLO pages | COLO p50 | COLO p99 | COLO max | COLO n |\n'
+                '|---|---|---|---|---|---|---|---|---|---|---|\n')
         for r in RATES:
-            v = by_rate[r]
-            if v:
-                f.write('| %d | %.2f | %.2f | %.2f | %d |\n' % (
-                    r, pct(v, 50), pct(v, 99), max(v), len(v)))
+            v, c = by_rate[r], c_by_rate[r]
+            mpg = [pg for _, rr, pg, _ in rows['pause'] if rr == r]
+            cpg = [pg for _, rr, pg, _ in rows['colo_pause'] if rr == r]
+            f.write('| %d | %s | %s | %s | %s |\n' % (
+                r, '%.0f' % (sum(mpg) / len(mpg)) if mpg else 'n/a',
+                ' | '.join('%.2f' % x for x in (
+                    pct(v, 50), pct(v, 99), max(v))) + ' | %d' % len(v)
+                if v else 'n/a | n/a | n/a | 0',
+                '%.0f' % (sum(cpg) / len(cpg)) if cpg else 'n/a',
+                ' | '.join('%.2f' % x for x in (
+                    pct(c, 50), pct(c, 99), max(c))) + ' | %d' % len(c)
+                if c else 'n/a | n/a | n/a | 0'))
         f.write('\n![pause against dirty pages](bench/pause.png)\n'
                 '![round-trip time](bench/latency.png)\n')
         f.write('\nCOLO runs with patches/colo-hold-bql-for-ram-save.patch '
@@ -507,14 +550,23 @@ def main():
                 '(filter-mirror, filter-redirector, filter-rewriter, '
                 'vnet_hdr_support for virtio-net) for the network ones. '
                 'Both run on -machine pc here. The COLO secondary runs the '
-                'guest too, on the same 2 CPUs.\n')
+                'guest too, on the same 2 CPUs. colo-compare lets a reply '
+                'of the primary out when the secondary has sent the same '
+                'bytes, or when a checkpoint flushes it (it forces one on '
+                'a difference); the secondary is stopped while it loads '
+                'each checkpoint. MC holds a reply until the checkpoint '
+                'after it is acknowledged.\n')
     plot('pause', """set terminal pngcairo size 800,500
 set output 'pause.png'
 set datafile separator ','
 set xlabel 'dirty pages in the checkpoint'
 set ylabel 'VM pause (ms)'
-set key off
-plot 'pause.csv' every ::1 using 3:($4/1000) with points pt 7 ps 0.4
+set logscale y
+set key left top
+plot 'pause.csv' every ::1 using 3:($4/1000) with points pt 7 ps 0.4 \\
+  title 'MC, every checkpoint', \\
+  'colo-pause.csv' every ::1 using 3:($4/1000) with points pt 5 ps 0.4 \\
+  title 'COLO, every checkpoint'
 """)
     # latency distributions: one CDF file per configuration
     series = []

@@ -15,6 +15,10 @@ import time
 from mcvm import VM, guest_args, free_port, wait_migration
 from mcnet import GUEST_IP, GUEST_MAC
 
+# the primary's trace: checkpoints sent, VM stop/run, dirty pages per sync
+TRACE_EVENTS = ('colo_send_message', 'colo_vm_state_change',
+                'migration_bitmap_sync_end')
+
 
 class ColoPair:
     def __init__(self, wd, delay_ms=100, mem='256M', app=''):
@@ -22,7 +26,7 @@ class ColoPair:
         self.trace = os.path.join(wd, 'colo-primary.trace')
         events = os.path.join(wd, 'colo-events')
         with open(events, 'w') as f:
-            f.write('colo_send_message\ncolo_vm_state_change\n')
+            f.write('\n'.join(TRACE_EVENTS) + '\n')
         # -machine pc as in upstream's COLO-FT.txt: on q35 the secondary
         # asserts in memory_region_add_subregion() loading device state
         # over its running devices (COLO does not reset them; MC does)
@@ -51,18 +55,38 @@ class ColoPair:
 
     def pauses_us(self):
         """How long the primary's VM stayed stopped, per checkpoint."""
-        out, stop = [], None
+        return [us for _, us in self.pause_pages()]
+
+    def pause_pages(self):
+        """(dirty pages, pause in us) per checkpoint.
+
+        The pages come from the dirty-log sync made while the VM is
+        stopped.  Its trace gives a count summed over a period of at
+        least 1 s, restarted after the sync that ends one: a count
+        smaller than the one before is the first of a new period (a
+        single sync would have to dirty more than the whole previous
+        second to hide that; checkpoints here are 100 ms apart).
+        """
+        out, stop, pages, total = [], None, None, 0
         with open(self.trace) as f:
             for line in f:
-                m = re.match(r'\d+@(\d+\.\d+):colo_vm_state_change '
-                             r'Change \'(\w+)\' => \'(\w+)\'', line)
+                m = re.match(r'\d+@(\d+\.\d+):(\w+) (.*)', line)
                 if not m:
                     continue
-                t = float(m.group(1))
-                if m.group(2) == 'run' and m.group(3) == 'stop':
-                    stop = t
-                elif m.group(2) == 'stop' and m.group(3) == 'run' and stop:
-                    out.append((t - stop) * 1e6)
+                t, ev, rest = float(m.group(1)), m.group(2), m.group(3)
+                if ev == 'migration_bitmap_sync_end':
+                    n = int(rest.split()[-1])
+                    if stop is not None:
+                        pages = n - total if n >= total else n
+                    total = n
+                    continue
+                if ev != 'colo_vm_state_change':
+                    continue
+                m = re.match(r"Change '(\w+)' => '(\w+)'", rest)
+                if m.group(1) == 'run' and m.group(2) == 'stop':
+                    stop, pages = t, None
+                elif m.group(1) == 'stop' and m.group(2) == 'run' and stop:
+                    out.append((pages, (t - stop) * 1e6))
                     stop = None
         return out
 
@@ -89,8 +113,9 @@ class ColoNetPair(ColoPair):
     which releases the primary's packets when the secondary produced the
     same ones and forces a checkpoint when they differ; the secondary
     redirects its NIC to the primary's chardevs and rewrites TCP sequence
-    numbers (filter-rewriter).  Both QEMUs run in the hypervisor namespace, so the
-    chardevs and the migration channel use fixed ports on its loopback.
+    numbers (filter-rewriter).  Both QEMUs run in the hypervisor
+    namespace, so the chardevs and the migration channel use fixed ports
+    on its loopback.
     Guest: mc-tcpserv on GUEST_IP, virtio-net as in the MC benchmarks,
     hence vnet_hdr_support on every filter (without it colo-compare
     cannot parse a packet and passes it on uncompared).
@@ -102,8 +127,7 @@ class ColoNetPair(ColoPair):
         self.trace = os.path.join(wd, 'colo-primary.trace')
         evfile = os.path.join(wd, 'colo-events')
         with open(evfile, 'w') as f:
-            f.write('\n'.join(('colo_send_message', 'colo_vm_state_change') +
-                              tuple(events)) + '\n')
+            f.write('\n'.join(TRACE_EVENTS + tuple(events)) + '\n')
         append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
                                                          app)
         wrapper = ['ip', 'netns', 'exec', topo.hv]
