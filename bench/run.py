@@ -13,6 +13,7 @@ colo-compare network proxy for the network and failover-seen-by-a-client
 figures) and a plain precopy migration of the same guest.
 """
 
+import argparse
 import json
 import os
 import re
@@ -283,13 +284,46 @@ def plot(name, script):
         print('plot %s skipped: %s' % (name, e))
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    rows = {k: [] for k in ('pause', 'rss', 'rate0', 'failover',
-                            'slowdown', 'precopy', 'net', 'colo_pause',
-                            'colo_rss', 'colo_rate0', 'colo_failover',
-                            'colo_slowdown', 'net_failover',
-                            'colo_net_rate')}
+# the raw data: rows key, file in docs/bench, its header
+CSVS = [
+    ('pause', 'pause.csv', 'rep,rate_pps,dirty_pages,pause_us'),
+    ('rss', 'rss.csv', 'rep,rate_pps,primary_mib,standby_mib'),
+    ('rate0', 'checkpoints-per-second.csv', 'rep,per_s'),
+    ('failover', 'failover.csv',
+     'rep,rate_pps,kill_to_event_ms,kill_to_next_record_ms'),
+    ('slowdown', 'slowdown.csv', 'rep,no_mc_pps,mc100_pps,mc10_pps'),
+    ('precopy', 'precopy.csv',
+     'rep,rate_pps,total_ms,downtime_ms,dest_rss_mib'),
+    ('colo_pause', 'colo-pause.csv', 'rep,rate_pps,dirty_pages,pause_us'),
+    ('colo_rss', 'colo.csv', 'rep,primary_rss_mib,secondary_rss_mib'),
+    ('colo_rate0', 'colo-checkpoints-per-second.csv', 'rep,per_s'),
+    ('colo_failover', 'colo-failover.csv', 'rep,kill_to_colo_exit_ms'),
+    ('colo_slowdown', 'colo-slowdown.csv', 'rep,no_colo_pps,colo100_pps'),
+    ('net', 'net.csv', 'rep,config,sample,rtt_ms,throughput_MBps'),
+    ('net_failover', 'net-failover.csv',
+     'rep,config,kill_to_answers_ms,silence_ms,client_problems'),
+    ('colo_net_rate', 'colo-net-checkpoints-per-second.csv',
+     'rep,config,per_s'),
+]
+
+
+def load_csv(name):
+    def value(x):
+        for conv in (int, float):
+            try:
+                return conv(x)
+            except ValueError:
+                pass
+        return x
+    with open(os.path.join(OUT, name)) as f:
+        next(f)
+        return [tuple(value(x) for x in line.rstrip('\n').split(','))
+                for line in f if line.strip()]
+
+
+def measure():
+    """Every measurement, REPEAT times; the raw data goes to docs/bench."""
+    rows = {k: [] for k, _, _ in CSVS}
     started = time.time()
     for rep in range(REPEAT):
         print('== repetition %d of %d' % (rep + 1, REPEAT), flush=True)
@@ -321,33 +355,19 @@ def main():
             if 'checkpoints_per_s' in r:
                 rows['colo_net_rate'].append((rep, r['config'],
                                               r['checkpoints_per_s']))
+    for key, name, header in CSVS:
+        write_csv(name, header, rows[key])
+    run = {'date': time.strftime('%Y-%m-%d'), 'repetitions': REPEAT,
+           'minutes': round((time.time() - started) / 60, 1),
+           'measure_s': MEASURE_S, 'guest': MEM, 'cpus': os.cpu_count()}
+    with open(os.path.join(OUT, 'run.json'), 'w') as f:
+        json.dump(run, f, indent=1)
+    return rows, run
 
-    write_csv('pause.csv', 'rep,rate_pps,dirty_pages,pause_us', rows['pause'])
-    write_csv('rss.csv', 'rep,rate_pps,primary_mib,standby_mib', rows['rss'])
-    write_csv('checkpoints-per-second.csv', 'rep,per_s', rows['rate0'])
-    write_csv('failover.csv', 'rep,rate_pps,kill_to_event_ms,'
-              'kill_to_next_record_ms', rows['failover'])
-    write_csv('slowdown.csv', 'rep,no_mc_pps,mc100_pps,mc10_pps',
-              rows['slowdown'])
-    write_csv('precopy.csv', 'rep,rate_pps,total_ms,downtime_ms,'
-              'dest_rss_mib', rows['precopy'])
-    write_csv('colo-pause.csv', 'rep,rate_pps,dirty_pages,pause_us',
-              rows['colo_pause'])
-    write_csv('colo.csv', 'rep,primary_rss_mib,secondary_rss_mib',
-              rows['colo_rss'])
-    write_csv('colo-checkpoints-per-second.csv', 'rep,per_s',
-              rows['colo_rate0'])
-    write_csv('colo-failover.csv', 'rep,kill_to_colo_exit_ms',
-              rows['colo_failover'])
-    write_csv('colo-slowdown.csv', 'rep,no_colo_pps,colo100_pps',
-              rows['colo_slowdown'])
-    write_csv('net.csv', 'rep,config,sample,rtt_ms,throughput_MBps',
-              rows['net'])
-    write_csv('net-failover.csv', 'rep,config,kill_to_answers_ms,'
-              'silence_ms,client_problems', rows['net_failover'])
-    write_csv('colo-net-checkpoints-per-second.csv', 'rep,config,per_s',
-              rows['colo_net_rate'])
 
+def report(rows, run):
+    """docs/benchmarks.md and the plots, from the raw data."""
+    measure_s, repeat = run['measure_s'], run['repetitions']
     # figures
     idle = [p / 1000 for _, r, _, p in rows['pause'] if r == 0]
     by_rate = {r: [p / 1000 for _, rr, _, p in rows['pause'] if rr == r]
@@ -377,12 +397,14 @@ def main():
 
     base99 = net_fig('no MC', 'p99')
     base50 = net_fig('no MC', 'p50')
-    extra, thr_ratio = {}, {}
+    extra, extra50, thr_ratio = {}, {}, {}
     for who, cfg in (('MC', 'MC mc-delay %d'), ('COLO', 'COLO delay %d')):
         for d in (100, 10):
             # each repetition against its own no-MC baseline
             extra[who, d] = [m - b for m, b in
                              zip(net_fig(cfg % d, 'p99'), base50)]
+            extra50[who, d] = [m - b for m, b in
+                               zip(net_fig(cfg % d, 'p50'), base50)]
             thr_ratio[who, d] = [100 * m / b for m, b in
                                  zip(net_fig(cfg % d, 'thr'),
                                      net_fig('no MC', 'thr'))]
@@ -432,7 +454,7 @@ def main():
         ('VM pause per checkpoint, idle, p50 (ms)', spread(idle_p50),
          spread(colo_p50), ratio(colo_p50, idle_p50) + '; target <= 1 ms',
          'MC: mc_checkpoint_take trace; COLO: stop->run trace; both '
-         'at 100 ms, %d s x %d' % (MEASURE_S, REPEAT)),
+         'at 100 ms, %d s x %d' % (measure_s, repeat)),
         ('VM pause per checkpoint, idle, p99 (ms); max of all',
          with_max(idle_p99, idle), with_max(colo_p99, cp),
          ratio(colo_p99, idle_p99) + '; target p99 <= 5 ms',
@@ -449,7 +471,7 @@ def main():
          spread(ck0, '%.0f'),
          spread(c_ck0, '%.0f'), ratio(c_ck0, ck0, False) +
          '; target >= 2500', 'acknowledged (MC) / sent (COLO) over %.0f s'
-         % (MEASURE_S / 2)),
+         % (measure_s / 2)),
         ('guest slowdown, flat-out dirtying, delay 100 (%)',
          spread(sd100, '%.1f'), spread(c_sd, '%.1f'), 'target <= 10 %',
          'mc-dirty (8 MiB, flat out) pages per host second vs none'),
@@ -465,6 +487,13 @@ def main():
          spread(extra['COLO', 10]),
          ratio(extra['COLO', 10], extra['MC', 10]) + '; target <= 12 ms',
          'same'),
+        ('extra latency p50 at delay 100 (ms)', spread(extra50['MC', 100]),
+         spread(extra50['COLO', 100]),
+         ratio(extra50['COLO', 100], extra50['MC', 100]),
+         'p50 with MC or COLO - p50 of no MC'),
+        ('extra latency p50 at delay 10 (ms)', spread(extra50['MC', 10]),
+         spread(extra50['COLO', 10]),
+         ratio(extra50['COLO', 10], extra50['MC', 10]), 'same'),
         ('TCP throughput, delay 100 (% of no MC)',
          spread(thr_ratio['MC', 100], '%.1f'),
          spread(thr_ratio['COLO', 100], '%.1f'),
@@ -510,8 +539,8 @@ def main():
                 'on %s, %d repetitions, in %.0f min.\nLinux test guest, %s, '
                 'TCG, on this machine (%d CPUs); medians, (min..max) over '
                 'repetitions.\nRaw data: `docs/bench/*.csv`.\n\n' % (
-                    time.strftime('%Y-%m-%d'), REPEAT,
-                    (time.time() - started) / 60, MEM, os.cpu_count()))
+                    run['date'], repeat, run['minutes'], run['guest'],
+                    run['cpus']))
         f.write('| figure | MC | COLO | ratio / target | method |\n'
                 '|---|---|---|---|---|\n')
         for row in table:
@@ -586,6 +615,22 @@ set key left top
 plot %s
 """ % ', '.join(series))
     print(open(os.path.join(TOP, 'docs', 'benchmarks.md')).read())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--report', action='store_true',
+                    help='only rewrite docs/benchmarks.md and the plots '
+                    'from the raw data of the last run (docs/bench)')
+    a = ap.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    if a.report:
+        rows = {k: load_csv(name) for k, name, _ in CSVS}
+        with open(os.path.join(OUT, 'run.json')) as f:
+            run = json.load(f)
+    else:
+        rows, run = measure()
+    report(rows, run)
 
 
 if __name__ == '__main__':
