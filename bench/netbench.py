@@ -8,8 +8,8 @@ mcnet.py).  The same guest and client measure, in this order:
 each: round-trip time of a small request/echo (p50, p99) and the TCP
 throughput of a bulk transfer from the guest to the client.  Then the
 primary is killed while a client sends a request every 10 ms: the time
-from the kill to the first answer the client gets, and whether its
-connection saw anything wrong.
+from the kill until the client is answered again (the end of its longest
+silence), and whether its connection saw anything wrong.
 
 run_colo() does the same for upstream COLO with its network proxy
 (colo-compare; tests/mc/colo.py ColoNetPair).  It has no "no COLO"
@@ -21,7 +21,6 @@ Prints a table and, with --csv FILE, writes the raw samples.
 
 import argparse
 import json
-import os
 import os
 import signal
 import statistics

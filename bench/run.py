@@ -390,12 +390,11 @@ def report(rows, run):
 
     def net_fig(cfg, what):
         vals = []
-        for rep, (rtts, thr) in net.get(cfg, {}).items():
+        for rtts, thr in net.get(cfg, {}).values():
             vals.append({'p50': pct(rtts, 50), 'p99': pct(rtts, 99),
                          'thr': thr}[what])
         return vals
 
-    base99 = net_fig('no MC', 'p99')
     base50 = net_fig('no MC', 'p50')
     extra, extra50, thr_ratio = {}, {}, {}
     for who, cfg in (('MC', 'MC mc-delay %d'), ('COLO', 'COLO delay %d')):

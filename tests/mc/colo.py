@@ -1,10 +1,11 @@
 """Upstream COLO on the test guest: the peer MC is measured against.
 
 The setup follows upstream's COLO documentation (docs/COLO-FT.txt) minus
-what this guest does not have: no disks (so no block replication) and no
-NIC (so no colo-compare proxy: checkpoints come from the periodic timer,
-x-checkpoint-delay).  Both QEMUs run the same guest; the secondary runs
-it too, as COLO does, and takes over with x-colo-lost-heartbeat.
+what this guest does not have: no disks (so no block replication).
+ColoPair has no NIC either (no colo-compare proxy: checkpoints come from
+the periodic timer, x-checkpoint-delay); ColoNetPair adds the NIC and the
+proxy.  Both QEMUs run the same guest; the secondary runs it too, as COLO
+does, and takes over with x-colo-lost-heartbeat.
 """
 
 import os
@@ -20,24 +21,33 @@ TRACE_EVENTS = ('colo_send_message', 'colo_vm_state_change',
                 'migration_bitmap_sync_end')
 
 
+def trace_args(wd, events=()):
+    """Trace options for the primary; its trace file's path."""
+    trace = os.path.join(wd, 'colo-primary.trace')
+    evfile = os.path.join(wd, 'colo-events')
+    with open(evfile, 'w') as f:
+        f.write('\n'.join(TRACE_EVENTS + tuple(events)) + '\n')
+    return ['-trace', 'events=' + evfile, '-D', trace,
+            '-msg', 'timestamp=on'], trace
+
+
 class ColoPair:
     def __init__(self, wd, delay_ms=100, mem='256M', app=''):
         self.port = free_port()
-        self.trace = os.path.join(wd, 'colo-primary.trace')
-        events = os.path.join(wd, 'colo-events')
-        with open(events, 'w') as f:
-            f.write('\n'.join(TRACE_EVENTS) + '\n')
+        targs, self.trace = trace_args(wd)
         # -machine pc as in upstream's COLO-FT.txt: on q35 the secondary
         # asserts in memory_region_add_subregion() loading device state
         # over its running devices (COLO does not reset them; MC does)
         args = guest_args(app, mem=mem, machine='pc')
-        self.primary = VM('colo-primary', args + [
-            '-trace', 'events=' + events, '-D', self.trace,
-            '-msg', 'timestamp=on'], wd)
+        self.primary = VM('colo-primary', args + targs, wd)
         self.secondary = VM('colo-secondary', args + [
             '-incoming', 'tcp:127.0.0.1:%d' % self.port], wd)
-        self.delay = delay_ms
         self.primary.wait_serial('mc-guest: ready', timeout=120)
+        self.enable(delay_ms)
+
+    def enable(self, delay_ms):
+        """x-colo on both sides, the primary's checkpoint delay."""
+        self.delay = delay_ms
         for vm in (self.primary, self.secondary):
             vm.qmp.cmd('migrate-set-capabilities', capabilities=[
                 {'capability': 'x-colo', 'state': True}])
@@ -124,10 +134,7 @@ class ColoNetPair(ColoPair):
     def __init__(self, topo, wd, delay_ms=100, mem='256M', tcpserv_ms=0,
                  app='', events=()):
         self.topo = topo
-        self.trace = os.path.join(wd, 'colo-primary.trace')
-        evfile = os.path.join(wd, 'colo-events')
-        with open(evfile, 'w') as f:
-            f.write('\n'.join(TRACE_EVENTS + tuple(events)) + '\n')
+        targs, self.trace = trace_args(wd, events)
         append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
                                                          app)
         wrapper = ['ip', 'netns', 'exec', topo.hv]
@@ -173,20 +180,13 @@ class ColoNetPair(ColoPair):
                    '-object', 'iothread,id=iothread1',
                    '-object', 'colo-compare,id=comp0,primary_in=compare0-0,'
                    'secondary_in=compare1,outdev=compare_out0,'
-                   'iothread=iothread1,vnet_hdr_support=on',
-                   '-trace', 'events=' + evfile, '-D', self.trace,
-                   '-msg', 'timestamp=on'])
+                   'iothread=iothread1,vnet_hdr_support=on'] + targs)
         self.primary = VM('colo-primary', guest_args(
             append, mem=mem, machine='pc', extra=pri), wd, wrapper=wrapper)
         topo.plug(topo.tap_name('primary'))
         self.port = 9998
-        self.delay = delay_ms
         self.primary.wait_serial('mc-tcpserv: listening', timeout=120)
-        for vm in (self.primary, self.secondary):
-            vm.qmp.cmd('migrate-set-capabilities', capabilities=[
-                {'capability': 'x-colo', 'state': True}])
-        self.primary.qmp.cmd('migrate-set-parameters', **{
-            'x-checkpoint-delay': delay_ms})
+        self.enable(delay_ms)
 
     def take_over(self):
         """Management's part of a secondary failover (COLO-FT.txt): end
