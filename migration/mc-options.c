@@ -58,6 +58,13 @@ bool migrate_mc_net_disable(void)
     return s->capabilities[MIGRATION_CAPABILITY_MC_NET_DISABLE];
 }
 
+bool migrate_mc_disk_disable(void)
+{
+    MigrationState *s = migrate_get_current();
+
+    return s->capabilities[MIGRATION_CAPABILITY_MC_DISK_DISABLE];
+}
+
 uint32_t migrate_mc_delay(void)
 {
     return qatomic_read(&migrate_get_current()->parameters.mc_delay);
@@ -110,6 +117,10 @@ bool mc_caps_check(const bool *new_caps, Error **errp)
     if (!new_caps[MIGRATION_CAPABILITY_MC]) {
         if (new_caps[MIGRATION_CAPABILITY_MC_NET_DISABLE]) {
             error_setg(errp, "Capability 'mc-net-disable' requires 'mc'");
+            return false;
+        }
+        if (new_caps[MIGRATION_CAPABILITY_MC_DISK_DISABLE]) {
+            error_setg(errp, "Capability 'mc-disk-disable' requires 'mc'");
             return false;
         }
         return true;

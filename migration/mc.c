@@ -158,6 +158,7 @@ static void mc_session_free(MCSession *mc)
     if (mc->role == MC_ROLE_PRIMARY) {
         mc_net_fill_info(info);
     }
+    mc_block_fill_info(info, mc->role == MC_ROLE_PRIMARY);
     g_free(mc_last_stats);
     mc_last_stats = info;
 
@@ -365,8 +366,8 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         if (mc_now_us() >= epoch_start_us + delay_us) {
             return true;
         }
-        if (mc_dirty_estimate() * qemu_target_page_size() >
-            mc->staging->capacity / 2) {
+        if (mc_dirty_estimate() * qemu_target_page_size() +
+            mc_block_dirty_bytes() > mc->staging->capacity / 2) {
             *early = true;
             return true;
         }
@@ -934,6 +935,9 @@ static void mc_standby_decide_bh(void *opaque)
         qapi_event_send_mc_peer_lost(MC_ROLE_STANDBY, mc->loss_reason);
         return;
     }
+    if (mc->outcome == MC_OUTCOME_FAILOVER) {
+        mc_block_standby_failover();
+    }
     aio_co_wake(mc->co);
 }
 
@@ -941,6 +945,7 @@ static void mc_standby_wake_bh(void *opaque)
 {
     MCSession *mc = opaque;
 
+    mc_block_standby_failover();
     aio_co_wake(mc->co);
 }
 
@@ -1009,6 +1014,7 @@ bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
         migration_incoming_state_destroy();
     }
     mc_session_free(mc);
+    mc_block_standby_end();
     return failover;
 }
 
@@ -1054,6 +1060,7 @@ void mc_fill_info(MigrationInfo *info)
         if (mc->role == MC_ROLE_PRIMARY) {
             mc_net_fill_info(info->mc);      /* BQL: QMP and HMP hold it */
         }
+        mc_block_fill_info(info->mc, mc->role == MC_ROLE_PRIMARY);
     } else if (info->has_status && info->status == MIGRATION_STATUS_MC) {
         /*
          * Precopy has completed into "mc" and the primary's session is
@@ -1102,6 +1109,14 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
                    " released (%" PRIu64 " bytes)\n",
                    m->net_buffers, m->net_held_packets, m->net_held_bytes,
                    m->net_released_packets, m->net_released_bytes);
+    monitor_printf(mon, "disk: %" PRIu64 " disks, %" PRIu64 " writes (%"
+                   PRIu64 " bytes) replicated, last checkpoint %" PRIu64
+                   " writes (%" PRIu64 " bytes, %" PRIu64 " us), backlog %"
+                   PRIu64 " bytes, initial copy %" PRIu64 " bytes\n",
+                   m->disk_count, m->disk_writes, m->disk_bytes,
+                   m->disk_writes_last, m->disk_bytes_last,
+                   m->disk_pause_last_us, m->disk_backlog_bytes,
+                   m->disk_initial_bytes);
     monitor_printf(mon, "net hold: avg %" PRIu64 " us, max %" PRIu64
                    " us, throttled %" PRIu64 " times\n",
                    m->net_hold_avg_us, m->net_hold_max_us, m->net_throttled);

@@ -30,6 +30,8 @@ extern const PropertyInfo mc_prop_failover_policy;
     DEFINE_PROP_MIG_CAP("x-mc", MIGRATION_CAPABILITY_MC),                   \
     DEFINE_PROP_MIG_CAP("x-mc-net-disable",                                 \
                         MIGRATION_CAPABILITY_MC_NET_DISABLE),               \
+    DEFINE_PROP_MIG_CAP("x-mc-disk-disable",                                \
+                        MIGRATION_CAPABILITY_MC_DISK_DISABLE),              \
     DEFINE_PROP_UINT32("mc-delay", MigrationState,                          \
                        parameters.mc_delay, MC_DEFAULT_DELAY_MS),           \
     DEFINE_PROP_SIZE("mc-max-buffer-size", MigrationState,                  \
@@ -46,6 +48,7 @@ extern const PropertyInfo mc_prop_failover_policy;
 /* Capabilities and parameters (mc-options.c) */
 bool migrate_mc(void);
 bool migrate_mc_net_disable(void);
+bool migrate_mc_disk_disable(void);
 uint32_t migrate_mc_delay(void);
 uint64_t migrate_mc_max_buffer_size(void);
 uint32_t migrate_mc_heartbeat_timeout(void);
@@ -68,6 +71,12 @@ void mc_primary_run(MigrationState *s);
 bool mc_primary_cancel(MigrationStatus old_state);
 bool coroutine_fn mc_standby_co(MigrationIncomingState *mis);
 void mc_fill_info(MigrationInfo *info);
+
+/* Disk replication (mc-block.c) */
+uint64_t mc_block_dirty_bytes(void);
+void mc_block_fill_info(MCInfo *info, bool primary);
+void mc_block_standby_failover(void);
+void mc_block_standby_end(void);
 
 /* Implemented in ram.c: send the next checkpoint's pages to @f */
 void ram_mc_begin_checkpoint(QEMUFile *f);
