@@ -290,16 +290,18 @@ static int mc_block_save_setup(QEMUFile *f, void *opaque, Error **errp)
 static int mc_block_wait_reply(QEMUFile *f, MCBlockState *st)
 {
     QIOChannel *ioc = qemu_file_get_ioc(f);
-    uint32_t hdr[3], len;
+    uint32_t hdr[3] = { 0 }, len = 0;
     char msg[MC_BLK_REPLY_MAX + 1];
     Error *err = NULL;
 
     if (qemu_fflush(f) < 0) {
         return -EIO;
     }
-    if (qio_channel_read_all(ioc, (char *)hdr, sizeof(hdr), &err) < 0 ||
-        be32_to_cpu(hdr[0]) != MC_BLK_REPLY_MAGIC ||
-        (len = be32_to_cpu(hdr[2])) > MC_BLK_REPLY_MAX ||
+    if (qio_channel_read_all(ioc, (char *)hdr, sizeof(hdr), &err) == 0) {
+        len = be32_to_cpu(hdr[2]);
+    }
+    if (err || be32_to_cpu(hdr[0]) != MC_BLK_REPLY_MAGIC ||
+        len > MC_BLK_REPLY_MAX ||
         qio_channel_read_all(ioc, msg, len, &err) < 0) {
         error_free(err);
         err = NULL;
@@ -425,7 +427,7 @@ static int mc_block_save_iterate(QEMUFile *f, void *opaque)
 {
     MCBlockState *st = opaque;
     uint64_t areas = 0;
-    int64_t sent;
+    int64_t total = 0, sent;
     bool done;
 
     if (!st->replied && f == migrate_get_current()->to_dst_file) {
@@ -435,19 +437,22 @@ static int mc_block_save_iterate(QEMUFile *f, void *opaque)
             return ret;
         }
     }
-    bql_lock();
-    sent = mc_block_send_bulk(f, st, MC_BLK_ITERATE_MAX);
-    if (sent >= 0 && !migration_rate_exceeded(f)) {
-        int64_t more = mc_block_send_dirty(f, st, MC_BLK_ITERATE_MAX, &areas);
-
-        sent = more < 0 ? more : sent + more;
-    }
-    done = mc_block_remaining(st) == 0;
-    bql_unlock();
-    if (sent < 0) {
-        return sent;
-    }
-    st->initial_bytes += sent;
+    /* The BQL for one chunk at a time: the guest's vCPUs need it too */
+    do {
+        bql_lock();
+        sent = mc_block_send_bulk(f, st, MC_BLK_CHUNK);
+        if (sent == 0) {
+            sent = mc_block_send_dirty(f, st, MC_BLK_CHUNK, &areas);
+        }
+        done = mc_block_remaining(st) == 0;
+        bql_unlock();
+        if (sent < 0) {
+            return sent;
+        }
+        total += sent;
+    } while (sent > 0 && total < MC_BLK_ITERATE_MAX &&
+             !migration_rate_exceeded(f));
+    st->initial_bytes += total;
     qemu_put_byte(f, MC_BLK_END);
     return done;
 }

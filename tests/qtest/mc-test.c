@@ -138,6 +138,17 @@ static void mc_wait_acked(QTestState *who, uint64_t n)
     g_error("fewer than %" PRIu64 " checkpoints acknowledged", target);
 }
 
+/*
+ * The framework boots both sides from one image file, which the guest
+ * never writes: MC would refuse it as shared storage, so these tests
+ * leave disk replication off (tests/mc/test_disk.py covers disks).
+ */
+static void mc_enable(QTestState *who)
+{
+    migrate_set_capability(who, "mc", true);
+    migrate_set_capability(who, "mc-disk-disable", true);
+}
+
 static void mc_set_policy(QTestState *who, const char *policy)
 {
     qtest_qmp_assert_success(who, "{ 'execute': 'migrate-set-parameters',"
@@ -202,8 +213,8 @@ static void mc_start(QTestState **from, QTestState **to, MCStart *args,
         *tls_dir = mc_tls_setup(*from, *to);
     }
 #endif
-    migrate_set_capability(*from, "mc", true);
-    migrate_set_capability(*to, "mc", true);
+    mc_enable(*from);
+    mc_enable(*to);
     migrate_set_parameter_int(*from, "mc-delay", args->delay);
     migrate_set_parameter_int(*from, "mc-heartbeat-timeout", 3000);
     migrate_set_parameter_int(*to, "mc-heartbeat-timeout", 3000);
@@ -558,8 +569,8 @@ static void mc_start_proxied(QTestState **from, QTestState **to,
 
     g_assert_cmpint(migrate_start(from, to, "tcp:127.0.0.1:0", &start), ==, 0);
     mc_proxy_start(p, mc_dest_port(*to));
-    migrate_set_capability(*from, "mc", true);
-    migrate_set_capability(*to, "mc", true);
+    mc_enable(*from);
+    mc_enable(*to);
     migrate_set_parameter_int(*from, "mc-delay", args.delay);
     migrate_set_parameter_int(*from, "mc-heartbeat-timeout", 2000);
     migrate_set_parameter_int(*to, "mc-heartbeat-timeout", 2000);
@@ -721,6 +732,10 @@ static void test_mc_bad_args(void)
     mc_refused(qts, "{ 'execute': 'migrate-set-capabilities',"
                                  " 'arguments': { 'capabilities': ["
                                  "  { 'capability': 'mc-net-disable',"
+                                 "    'state': true } ] } }");
+    mc_refused(qts, "{ 'execute': 'migrate-set-capabilities',"
+                                 " 'arguments': { 'capabilities': ["
+                                 "  { 'capability': 'mc-disk-disable',"
                                  "    'state': true } ] } }");
     hmp = qtest_hmp(qts, "mc-set-delay 70000");
     g_assert_nonnull(strstr(hmp, "between 0 and 60000"));
