@@ -505,7 +505,7 @@ static void mc_block_save_cleanup(void *opaque)
 }
 
 /* Dirty disk bytes not yet in a checkpoint (MC loop, no BQL) */
-uint64_t mc_block_dirty_bytes(void)
+static uint64_t mc_block_dirty_bytes(void)
 {
     MCBlockState *st = &mc_block_out;
     uint64_t n = 0;
@@ -772,7 +772,7 @@ static int mc_block_load_state(QEMUFile *f, void *opaque, int version_id)
  * the guest runs on this image (its earlier flushes were honoured on
  * the primary's image only).  Main loop, BQL.
  */
-void mc_block_standby_failover(void)
+static void mc_block_standby_failover(void)
 {
     MCBlockState *st = &mc_block_in;
     int i;
@@ -788,12 +788,12 @@ void mc_block_standby_failover(void)
 }
 
 /* MC ended on the standby: drop the disk list */
-void mc_block_standby_end(void)
+static void mc_block_standby_end(void)
 {
     mc_block_free(&mc_block_in);
 }
 
-void mc_block_fill_info(MCInfo *info, bool primary)
+static void mc_block_fill_info(MCInfo *info, bool primary)
 {
     MCBlockState *st = primary ? &mc_block_out : &mc_block_in;
 
@@ -806,6 +806,15 @@ void mc_block_fill_info(MCInfo *info, bool primary)
     info->disk_pause_last_us = st->pause_last_us;
     info->disk_backlog_bytes = primary ? mc_block_dirty_bytes() : 0;
 }
+
+/* Its data rides in the "mc-block" section: no checkpoint hook needed */
+const MCParticipant mc_block_participant = {
+    .name = "disk",
+    .backlog = mc_block_dirty_bytes,
+    .fill_info = mc_block_fill_info,
+    .failover = mc_block_standby_failover,
+    .standby_end = mc_block_standby_end,
+};
 
 static SaveVMHandlers mc_block_handlers = {
     .save_setup = mc_block_save_setup,

@@ -30,7 +30,6 @@
 #include "io/channel.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
-#include "net/filter-mc.h"
 #include "monitor/monitor.h"
 #include "monitor/hmp.h"
 #include "system/runstate.h"
@@ -155,10 +154,7 @@ static void mc_session_free(MCSession *mc)
     *info = mc->stats;
     info->staging_high_water = mc->staging->high_water;
     qemu_mutex_unlock(&mc->lock);
-    if (mc->role == MC_ROLE_PRIMARY) {
-        mc_net_fill_info(info);
-    }
-    mc_block_fill_info(info, mc->role == MC_ROLE_PRIMARY);
+    mc_participants_fill_info(info, mc->role == MC_ROLE_PRIMARY);
     g_free(mc_last_stats);
     mc_last_stats = info;
 
@@ -367,7 +363,7 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
             return true;
         }
         if (mc_dirty_estimate() * qemu_target_page_size() +
-            mc_block_dirty_bytes() > mc->staging->capacity / 2) {
+            mc_participants_backlog() > mc->staging->capacity / 2) {
             *early = true;
             return true;
         }
@@ -389,12 +385,12 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
 
     /* The standby resumes the guest in the run state saved here. */
     global_state_store();
-    mc_net_set_checkpoint_pause(true);
+    mc_participants_pause();
     if (running) {
         vm_stop_force_state(RUN_STATE_FINISH_MIGRATE);
     }
-    /* What the guest sends from now on belongs to the next checkpoint */
-    mc_net_checkpoint(epoch);
+    /* What the guest does from now on belongs to the next checkpoint */
+    mc_participants_checkpoint(epoch);
 
     mc_staging_rewind(mc->staging);
     ram_mc_begin_checkpoint(mc->sfile);
@@ -408,7 +404,7 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
     if (running) {
         vm_start();
     }
-    mc_net_set_checkpoint_pause(false);
+    mc_participants_resume();
     pause = mc_now_us() - start;
 
     pages = stat64_get(&mig_stats.normal_pages) +
@@ -477,7 +473,7 @@ static int mc_checkpoint_send(MCSession *mc, MigrationState *s,
             qemu_mutex_unlock(&mc->lock);
             trace_mc_checkpoint_acked(epoch, transfer);
             /* output commit: what epoch produced may now be seen */
-            mc_net_commit(epoch);
+            mc_participants_commit(epoch);
             return 0;
         }
         if (mc->nacked_epoch != epoch) {
@@ -582,7 +578,7 @@ void mc_primary_run(MigrationState *s)
 
     mc = mc_session_new(MC_ROLE_PRIMARY, ioc, &err);
     /* Hold guest output from the first instruction the guest runs in MC */
-    if (mc && !mc_net_start(!migrate_mc_net_disable(), &err)) {
+    if (mc && !mc_participants_start(&err)) {
         mc_session_free(mc);
         mc = NULL;
     }
@@ -690,7 +686,7 @@ void mc_primary_run(MigrationState *s)
     bql_lock();
     mc_current = NULL;
     /* Unprotected from here on: what the guest sent may go out now */
-    mc_net_stop();
+    mc_participants_stop();
     if (cancelled) {
         /* migration_cleanup moves cancelling to cancelled */
         end_state = MIGRATION_STATUS_CANCELLING;
@@ -936,7 +932,7 @@ static void mc_standby_decide_bh(void *opaque)
         return;
     }
     if (mc->outcome == MC_OUTCOME_FAILOVER) {
-        mc_block_standby_failover();
+        mc_participants_failover();
     }
     aio_co_wake(mc->co);
 }
@@ -945,7 +941,7 @@ static void mc_standby_wake_bh(void *opaque)
 {
     MCSession *mc = opaque;
 
-    mc_block_standby_failover();
+    mc_participants_failover();
     aio_co_wake(mc->co);
 }
 
@@ -1014,7 +1010,7 @@ bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
         migration_incoming_state_destroy();
     }
     mc_session_free(mc);
-    mc_block_standby_end();
+    mc_participants_standby_end();
     return failover;
 }
 
@@ -1057,10 +1053,8 @@ void mc_fill_info(MigrationInfo *info)
         qemu_mutex_lock(&mc->lock);
         *info->mc = mc->stats;
         qemu_mutex_unlock(&mc->lock);
-        if (mc->role == MC_ROLE_PRIMARY) {
-            mc_net_fill_info(info->mc);      /* BQL: QMP and HMP hold it */
-        }
-        mc_block_fill_info(info->mc, mc->role == MC_ROLE_PRIMARY);
+        /* BQL: QMP and HMP hold it */
+        mc_participants_fill_info(info->mc, mc->role == MC_ROLE_PRIMARY);
     } else if (info->has_status && info->status == MIGRATION_STATUS_MC) {
         /*
          * Precopy has completed into "mc" and the primary's session is

@@ -72,11 +72,54 @@ bool mc_primary_cancel(MigrationStatus old_state);
 bool coroutine_fn mc_standby_co(MigrationIncomingState *mis);
 void mc_fill_info(MigrationInfo *info);
 
+/*
+ * A checkpoint participant: state outside RAM and devices that a
+ * checkpoint must cover or hold back.  Output commit (net/filter-mc.c)
+ * and disk replication (mc-block.c) are the two today.  The MC loop
+ * calls every participant at each step, in order; a hook may be NULL.
+ * A participant that carries data in the checkpoint does so as an
+ * iterable migration section (register_savevm_live): its
+ * save_live_complete_precopy runs inside the pause, between @checkpoint
+ * and @resume.
+ */
+typedef struct MCParticipant {
+    const char *name;
+    /* Primary, BQL, VM stopped: MC begins.  False refuses MC. */
+    bool (*start)(Error **errp);
+    /* Primary, BQL: the VM is about to pause for a checkpoint */
+    void (*pause)(void);
+    /* Primary, BQL, VM paused: epoch @epoch ends here */
+    void (*checkpoint)(uint64_t epoch);
+    /* Primary, BQL: the checkpoint is taken, the VM runs again */
+    void (*resume)(void);
+    /* Primary, no BQL: the standby acknowledged checkpoint @epoch */
+    void (*commit)(uint64_t epoch);
+    /* Primary, BQL: MC is over; release what is held */
+    void (*stop)(void);
+    /* Primary, no BQL: bytes the next checkpoint carries so far */
+    uint64_t (*backlog)(void);
+    /* Either side, BQL: fill this participant's statistics */
+    void (*fill_info)(MCInfo *info, bool primary);
+    /* Standby, BQL: the guest is about to resume here */
+    void (*failover)(void);
+    /* Standby, BQL: MC is over on this side */
+    void (*standby_end)(void);
+} MCParticipant;
+
+/* mc-participant.c: call every participant's hook */
+bool mc_participants_start(Error **errp);
+void mc_participants_pause(void);
+void mc_participants_checkpoint(uint64_t epoch);
+void mc_participants_resume(void);
+void mc_participants_commit(uint64_t epoch);
+void mc_participants_stop(void);
+uint64_t mc_participants_backlog(void);
+void mc_participants_fill_info(MCInfo *info, bool primary);
+void mc_participants_failover(void);
+void mc_participants_standby_end(void);
+
 /* Disk replication (mc-block.c) */
-uint64_t mc_block_dirty_bytes(void);
-void mc_block_fill_info(MCInfo *info, bool primary);
-void mc_block_standby_failover(void);
-void mc_block_standby_end(void);
+extern const MCParticipant mc_block_participant;
 
 /* Implemented in ram.c: send the next checkpoint's pages to @f */
 void ram_mc_begin_checkpoint(QEMUFile *f);

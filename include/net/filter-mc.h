@@ -4,7 +4,8 @@
  * While MC runs on the primary, every packet a guest NIC sends is held
  * by a "filter-mc" netfilter on that NIC's backend and released, in
  * order, only once the standby acknowledged the checkpoint whose epoch
- * produced it.  The MC loop (migration/mc.c) drives it with four calls:
+ * produced it.  The MC loop drives it through the "net" checkpoint
+ * participant (migration/mc-participant.c) with these calls:
  *
  *   mc_net_start()       MC begins (VM stopped): buffer every NIC
  *   mc_net_checkpoint()  checkpoint N taken (VM paused): barrier N
