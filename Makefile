@@ -5,6 +5,7 @@
 #   make guest   build the small Linux test guest
 #   make demo    set up, build, run a protected VM pair and fail it over
 #   make bench   set up, build, measure (docs/benchmarks.md, docs/bench/)
+#   make check-disk-long  build, then 20 kill -9 runs of the disk replication test
 #
 # Layout: build/download (cached source package), build/src (base +
 # patches/ + overlay), build/qemu (meson build directory), build/guest.
@@ -29,7 +30,8 @@ QEMU_CONFIGURE := --target-list=x86_64-softmmu --without-default-features \
 NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/qtest/mc-test
 
-.PHONY: all setup base configure build guest check test demo bench clean distclean
+.PHONY: all setup base configure build guest check test check-disk-long demo bench \
+	clean distclean
 
 all: build
 
@@ -56,6 +58,12 @@ test: build guest
 
 check: setup
 	@$(MAKE) --no-print-directory test
+
+# Disk replication, at length: kill -9 of the primary 20 times (about
+# 10 s each), each run's records and file system checked on the standby.
+check-disk-long: build guest
+	@MC_DISK_KILLS=20 MC_TEST_TIMEOUT=3600 /usr/bin/python3 tests/mc/run.py \
+		--suite functional test_disk_kill_primary_records
 
 # The main job: a protected VM pair, the primary killed, the standby on.
 demo: setup

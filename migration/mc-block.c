@@ -807,9 +807,27 @@ static void mc_block_fill_info(MCInfo *info, bool primary)
     info->disk_backlog_bytes = primary ? mc_block_dirty_bytes() : 0;
 }
 
-/* Its data rides in the "mc-block" section: no checkpoint hook needed */
+/*
+ * The guest's block requests stay drained for the whole checkpoint
+ * pause: those in flight complete now (data and completion both in
+ * this checkpoint), and no iothread starts new ones while RAM and
+ * device state are saved.
+ */
+static void mc_block_checkpoint(uint64_t epoch)
+{
+    bdrv_drain_all_begin();
+}
+
+static void mc_block_resume(void)
+{
+    bdrv_drain_all_end();
+}
+
+/* Its data rides in the "mc-block" section, saved inside the pause */
 const MCParticipant mc_block_participant = {
     .name = "disk",
+    .checkpoint = mc_block_checkpoint,
+    .resume = mc_block_resume,
     .backlog = mc_block_dirty_bytes,
     .fill_info = mc_block_fill_info,
     .failover = mc_block_standby_failover,

@@ -16,7 +16,7 @@
 #include "io/channel.h"
 
 #define MC_WIRE_MAGIC       0x514d434bU     /* "QMCK" */
-#define MC_WIRE_VERSION     1
+#define MC_WIRE_VERSION     2   /* 2: checkpoints end with a trailer */
 #define MC_WIRE_HDR_SIZE    40
 
 typedef enum MCMsgType {

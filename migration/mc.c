@@ -7,7 +7,9 @@
  *   mc_checkpoint_send()   VM running: staging -> standby, wait for its ACK
  * Standby (destination), on the "mc-rx" thread:
  *   mc_checkpoint_receive() whole checkpoint -> staging, verified, ACKed
- *   mc_checkpoint_apply()   staging -> guest RAM and devices, BQL held
+ *   mc_checkpoint_apply()   staging -> guest RAM and disks, BQL held; the
+ *                           device state is kept and loaded once, when
+ *                           the standby leaves MC (mc_standby_load_devices)
  * Both sides run an "mc-hb" thread that sends heartbeats and declares the
  * peer lost when it goes silent; what a side then does is mc_peer_lost()
  * and the failover policy (mc-failover-policy).
@@ -32,6 +34,8 @@
 #include "migration/misc.h"
 #include "monitor/monitor.h"
 #include "monitor/hmp.h"
+#include "system/cpus.h"
+#include "system/cpu-timers.h"
 #include "system/runstate.h"
 #include "system/system.h"
 #include "migration.h"
@@ -88,6 +92,9 @@ typedef struct MCSession {
     MigrationIncomingState *mis;
     Coroutine *co;
     uint64_t applied_epoch;
+    /* The device state of the last applied checkpoint, not yet loaded */
+    MCStaging *devices;         /* rx thread, then the main loop once done */
+    bool devices_pending;
 
     MCInfo stats;               /* protected by lock */
     uint64_t pause_total_us, transfer_total_us;
@@ -159,6 +166,9 @@ static void mc_session_free(MCSession *mc)
     mc_last_stats = info;
 
     qemu_fclose(mc->sfile);     /* drops its reference to the staging */
+    if (mc->devices) {
+        object_unref(OBJECT(mc->devices));
+    }
     object_unref(OBJECT(mc->ioc));
     qemu_sem_destroy(&mc->hb_sem);
     qemu_mutex_destroy(&mc->send_lock);
@@ -371,13 +381,50 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
 }
 
 /*
+ * The light pause: the vCPUs stop and the virtual clock with them, and
+ * nothing else.  The run state does not change, so there is no STOP or
+ * RESUME event, no VM state-change handler and no block flush per
+ * checkpoint.  Device emulation cannot run meanwhile: the caller holds
+ * the BQL, and the disk participant drains the block layer (iothreads
+ * included) for the whole pause.  The frozen clock keeps the saved
+ * timers consistent with the saved clock offsets.
+ */
+static bool mc_guest_pause(void)
+{
+    if (!runstate_is_running()) {
+        return false;
+    }
+    cpu_disable_ticks();
+    pause_all_vcpus();
+    /* It drops the BQL while it waits: a "stop" may have run meanwhile */
+    if (!runstate_is_running()) {
+        return false;
+    }
+    /*
+     * Device savers may insist that the VM is not running (scsi-bus
+     * asserts it).  Nobody else sees this state: it is set and reset
+     * under the BQL, without events or state-change handlers.
+     */
+    runstate_set(RUN_STATE_FINISH_MIGRATE);
+    return true;
+}
+
+static void mc_guest_resume(void)
+{
+    runstate_set(RUN_STATE_RUNNING);
+    cpu_enable_ticks();
+    resume_all_vcpus();
+}
+
+/*
  * Take checkpoint @epoch: pause the VM, copy its dirty RAM and its device
  * state into the staging buffer, resume it.  No network I/O happens while
  * the VM is paused.  Called with the BQL (the TCG dirty-log sync needs it).
  */
 static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
 {
-    bool running = runstate_is_running();
+    size_t devices_at;
+    bool running;
     uint64_t pages = stat64_get(&mig_stats.normal_pages) +
                      stat64_get(&mig_stats.zero_pages);
     int64_t start = mc_now_us(), pause;
@@ -386,25 +433,27 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
     /* The standby resumes the guest in the run state saved here. */
     global_state_store();
     mc_participants_pause();
-    if (running) {
-        vm_stop_force_state(RUN_STATE_FINISH_MIGRATE);
-    }
+    running = mc_guest_pause();
     /* What the guest does from now on belongs to the next checkpoint */
     mc_participants_checkpoint(epoch);
 
     mc_staging_rewind(mc->staging);
     ram_mc_begin_checkpoint(mc->sfile);
     qemu_savevm_live_state(mc->sfile);
-    ret = qemu_save_device_state(mc->sfile);
     /* Copies the pending iovecs that point at guest RAM: must be paused */
+    qemu_fflush(mc->sfile);
+    devices_at = mc->staging->used;
+    ret = qemu_save_device_state(mc->sfile);
+    /* The trailer: where the device state begins (see mc_checkpoint_apply) */
+    qemu_put_be64(mc->sfile, devices_at);
     qemu_fflush(mc->sfile);
     if (!ret) {
         ret = qemu_file_get_error(mc->sfile);
     }
-    if (running) {
-        vm_start();
-    }
     mc_participants_resume();
+    if (running) {
+        mc_guest_resume();
+    }
     pause = mc_now_us() - start;
 
     pages = stat64_get(&mig_stats.normal_pages) +
@@ -780,26 +829,80 @@ static int mc_checkpoint_receive(MCSession *mc, const MCWireHeader *h,
     return 1;
 }
 
-/* Apply a verified checkpoint to guest RAM and devices; BQL held. */
+/*
+ * Apply a verified checkpoint: its RAM pages and disk writes now (BQL
+ * held), its device state only kept.  Loading devices means resetting
+ * them first, which costs more than the rest of an idle checkpoint, and
+ * nothing reads the standby's devices before it leaves MC: they are
+ * loaded once, from the last applied checkpoint, then.  The payload
+ * ends with the offset of its device part (8 bytes, big endian).
+ */
 static int mc_checkpoint_apply(MCSession *mc, const MCWireHeader *h)
 {
+    uint64_t devices_at;
     int ret;
 
-    mc_staging_set_readable(mc->staging, h->len);
-    /*
-     * Devices' post_load hooks expect devices fresh from reset (they map
-     * regions, start timers); RAM is not touched by it and is overwritten
-     * by the dirty pages of the checkpoint right after.
-     */
-    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
-    ret = qemu_loadvm_state_main(mc->sfile, mc->mis);
-    if (ret >= 0) {
-        ret = qemu_load_device_state(mc->sfile);
+    if (h->len < 8) {
+        return -EINVAL;
     }
+    devices_at = ldq_be_p(mc->staging->data + h->len - 8);
+    if (devices_at > h->len - 8) {
+        return -EINVAL;
+    }
+    mc_staging_set_readable(mc->staging, devices_at);
+    ret = qemu_loadvm_state_main(mc->sfile, mc->mis);
     if (ret >= 0) {
         ret = qemu_file_get_error(mc->sfile);
     }
-    return ret;
+    if (ret < 0) {
+        return ret;
+    }
+    /* Keep the device part; the buffer is allocated once, like staging */
+    if (!mc->devices) {
+        mc->devices = mc_staging_new(mc->staging->capacity, NULL);
+        if (!mc->devices) {
+            return -ENOMEM;
+        }
+    }
+    memcpy(mc->devices->data, mc->staging->data + devices_at,
+           h->len - 8 - devices_at);
+    mc_staging_set_readable(mc->devices, h->len - 8 - devices_at);
+    mc->devices_pending = true;
+    return 0;
+}
+
+/*
+ * The standby leaves MC (failover, or the primary said stop): load the
+ * device state of the last applied checkpoint.  Devices' post_load
+ * hooks expect devices fresh from reset (they map regions, start
+ * timers); guest RAM is not touched by the reset.  Main loop, BQL.
+ * Returns false if the devices could not be loaded: this copy of the
+ * guest cannot run.
+ */
+static bool mc_standby_load_devices(MCSession *mc)
+{
+    QEMUFile *f;
+    int ret;
+
+    if (!mc->devices_pending) {
+        return true;
+    }
+    mc->devices_pending = false;
+    object_ref(OBJECT(mc->devices));
+    f = qemu_file_new_input(QIO_CHANNEL(mc->devices));
+    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
+    ret = qemu_load_device_state(f);
+    if (ret >= 0) {
+        ret = qemu_file_get_error(f);
+    }
+    qemu_fclose(f);         /* drops the reference taken above */
+    trace_mc_standby_load_devices(mc->applied_epoch, ret);
+    if (ret < 0) {
+        error_report("MC: loading the device state of checkpoint %" PRIu64
+                     " failed: %s", mc->applied_epoch, strerror(-ret));
+        return false;
+    }
+    return true;
 }
 
 static void mc_standby_refuse(MCSession *mc, uint64_t epoch, uint32_t why,
@@ -814,6 +917,16 @@ static void mc_standby_refuse(MCSession *mc, uint64_t epoch, uint32_t why,
 }
 
 static void mc_standby_decide_bh(void *opaque);
+
+/* Before the guest may run here: its devices as of the last checkpoint */
+static void mc_standby_finish_devices(MCSession *mc)
+{
+    if (!mc_standby_load_devices(mc)) {
+        qemu_mutex_lock(&mc->lock);
+        mc->outcome = MC_OUTCOME_STOP;      /* this copy cannot run */
+        qemu_mutex_unlock(&mc->lock);
+    }
+}
 
 static void *mc_standby_rx_thread(void *opaque)
 {
@@ -925,6 +1038,9 @@ static void mc_standby_decide_bh(void *opaque)
         mc->outcome = act ? MC_OUTCOME_FAILOVER : MC_OUTCOME_WAIT;
     }
     qemu_mutex_unlock(&mc->lock);
+    if (mc->outcome != MC_OUTCOME_WAIT) {
+        mc_standby_finish_devices(mc);
+    }
     trace_mc_standby_decide(MCLossReason_str(mc->loss_reason),
                             MCFailoverPolicy_str(policy), mc->outcome);
     if (mc->outcome == MC_OUTCOME_WAIT) {
@@ -941,7 +1057,10 @@ static void mc_standby_wake_bh(void *opaque)
 {
     MCSession *mc = opaque;
 
-    mc_participants_failover();
+    mc_standby_finish_devices(mc);
+    if (mc->outcome == MC_OUTCOME_FAILOVER) {
+        mc_participants_failover();
+    }
     aio_co_wake(mc->co);
 }
 

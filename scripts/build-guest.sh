@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build (and cache) the small Linux test guest: Debian's cloud kernel and a
-# busybox-static initramfs with virtio-net modules and our test programs
+# busybox-static initramfs with virtio-net, virtio-blk and virtio-scsi
+# modules (ext4 is built into that kernel) and our test programs
 # (guest/).  Output: build/guest/vmlinuz and build/guest/initrd.img.
 set -euo pipefail
 
@@ -44,10 +45,12 @@ done
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio \
          drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci_modern_dev \
          drivers/virtio/virtio_pci net/core/failover drivers/net/net_failover \
-         drivers/net/virtio_net; do
+         drivers/net/virtio_net drivers/block/virtio_blk \
+         drivers/scsi/scsi_common drivers/scsi/scsi_mod drivers/scsi/sd_mod \
+         drivers/scsi/virtio_scsi; do
     cp "$work/k/lib/modules/$kver/kernel/$m.ko" "$root/lib/modules/"
 done
-for p in mc-dirty mc-tcpserv; do
+for p in mc-dirty mc-tcpserv mc-diskwriter mc-diskbench; do
     gcc -O2 -static -Wall -o "$root/bin/$p" "$top/guest/$p.c"
 done
 install -m 755 "$top/guest/init" "$root/init"

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from mcvm import VM, Skip, guest_args, wait_migration
+from mcvm import VM, Skip, free_port, guest_args, wait_migration
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GUEST_IP = '10.77.0.2'
@@ -149,19 +149,26 @@ class Pair:
     @nics: list of NIC specs per guest NIC: 'tap' or 'user:PORT' (slirp
     with a host forward to the guest's port 7000 on the hypervisor
     namespace's loopback).
+    @role_args: {'primary': [...], 'standby': [...]}: more arguments per
+    role (disks, for instance).  @more_caps: more capabilities set on
+    both sides.
+    @topo None: no namespaces (nics must be empty), the migration channel
+    on the host's loopback at a free port; needs no root.
     """
 
     def __init__(self, topo, wd, nics=('tap',), delay=100, net=True,
                  hb_timeout=10000, policy='safe', trace=None, mem='256M',
                  tcpserv_ms=20, app='', primary_extra=(), mc=True,
-                 machine='q35'):
+                 machine='q35', role_args=None, more_caps=()):
         self.topo = topo
+        self.mig_port = MIG_PORT if topo else free_port()
         append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
                                                          app)
         if len(nics) > 1:
             append += ' mc.ip1=10.0.2.15/24'
         self.vms = {}
-        wrapper = ['ip', 'netns', 'exec', topo.hv]
+        wrapper = ['ip', 'netns', 'exec', topo.hv] if topo else []
+        assert topo or not nics, 'NICs need a Topology'
         for role in ('primary', 'standby'):
             extra = []
             for i, kind in enumerate(nics):
@@ -176,11 +183,12 @@ class Pair:
                 extra += ['-device', 'virtio-net-pci,netdev=n%d,mac=%s' %
                           (i, mac)]
             if role == 'standby':
-                extra += ['-incoming', 'tcp:127.0.0.1:%d' % MIG_PORT]
+                extra += ['-incoming', 'tcp:127.0.0.1:%d' % self.mig_port]
             else:
                 extra += list(primary_extra)
                 if trace:
                     extra += ['-trace', 'events=' + trace[0], '-D', trace[1]]
+            extra += list((role_args or {}).get(role, ()))
             self.vms[role] = VM(role, guest_args(append, mem=mem,
                                                  extra=extra,
                                                  machine=machine), wd,
@@ -195,13 +203,14 @@ class Pair:
             caps = [{'capability': 'mc', 'state': True}]
             if not net:
                 caps.append({'capability': 'mc-net-disable', 'state': True})
+            caps += [{'capability': c, 'state': True} for c in more_caps]
             vm.qmp.cmd('migrate-set-capabilities', capabilities=caps)
             vm.qmp.cmd('migrate-set-parameters', **{
                 'mc-delay': delay, 'mc-heartbeat-timeout': hb_timeout,
                 'mc-failover-policy': policy})
 
     def start_mc(self, timeout=180):
-        self.primary.qmp.cmd('migrate', uri='tcp:127.0.0.1:%d' % MIG_PORT)
+        self.primary.qmp.cmd('migrate', uri='tcp:127.0.0.1:%d' % self.mig_port)
         wait_migration(self.primary.qmp, 'mc', timeout=timeout)
         # checkpoints flowing: the standby has acknowledged a few
         deadline = time.time() + 60

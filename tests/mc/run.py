@@ -9,6 +9,7 @@ Suites:
 
 Prints "N passed, N failed, N skipped" last; exits non-zero on a failure.
 Usage: run.py [--suite NAME]... [--list] [PATTERN...]
+MC_TEST_TIMEOUT=SECONDS changes the functional tests' timeout (600).
 """
 
 import argparse
@@ -89,6 +90,9 @@ def upstream_cases():
 
 
 def functional_cases():
+    # MC_TEST_TIMEOUT: seconds per test instead of 600 (long runs such as
+    # make check-disk-long)
+    timeout = int(os.environ.get('MC_TEST_TIMEOUT', '600'))
     cases = []
     for path in sorted(glob.glob(os.path.join(HERE, 'test_*.py'))):
         mod = os.path.basename(path)[:-3]
@@ -97,7 +101,7 @@ def functional_cases():
         for fn in funcs:
             cases.append(Case('functional', '%s.%s' % (mod, fn),
                               [sys.executable, __file__, '--one', '%s:%s' % (mod, fn)],
-                              600))
+                              timeout))
     return cases
 
 

@@ -88,7 +88,7 @@ static void test_header_refusals(void)
 
     /* A valid header from a future protocol version */
     mc_wire_encode(&h, buf);
-    buf[5] = 2;
+    buf[5] = MC_WIRE_VERSION + 1;
     /* re-seal the header checksum so only the version is wrong */
     stl_be_p(buf + 36, mc_wire_csum(0, buf, 36));
     g_assert_cmpint(mc_wire_decode(buf, 4096, &out, &err), ==, -1);
