@@ -355,8 +355,12 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         int64_t delay_us = migrate_mc_delay() * 1000LL;
         int64_t now = mc_now_us();
         int64_t left = epoch_start_us + delay_us - now;
-        /* poll the dirty set a few times per epoch, at most every 5 ms */
-        int64_t poll = MAX(delay_us / 8, 5000);
+        /*
+         * Poll the dirty set a few times per epoch, every 5 to 20 ms:
+         * a long epoch must still notice a burst (disk writes arrive
+         * at the host's disk speed) before it outgrows the staging.
+         */
+        int64_t poll = MIN(MAX(delay_us / 8, 5000), 20000);
         bool stop;
 
         qemu_mutex_lock(&mc->lock);

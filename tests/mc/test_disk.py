@@ -28,7 +28,7 @@ import time
 from mcdisk import (DISK_SIZE, Disk, DiskClient, DiskPair, client_problems,
                     differing_blocks, fsck, make_empty_image, make_fs_image,
                     need_tools)
-from mcnet import Topology
+from mcnet import Pair, Topology
 from mcvm import wait_migration, workdir
 
 # (format, how QEMU opens it, bus) and mc-delay, cycled through by the
@@ -336,4 +336,64 @@ def test_disk_standby_killed():
         if pair:
             pair.close()
         topo.close()
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def test_disk_early_checkpoints():
+    """Disk writes count against mc-max-buffer-size: a burst of writes
+    larger than the staging buffer, within one long epoch, is carried by
+    early checkpoints, MC goes on, and the images end up equal."""
+    need_tools()
+    wd = workdir('diskearly')
+    pair = None
+    size = 32 << 20
+    try:
+        p_img = os.path.join(wd, 'primary.img')
+        with open(p_img, 'wb') as f:
+            f.write(os.urandom(size))
+        s_img = make_empty_image(os.path.join(wd, 'standby.img'), 'raw',
+                                 size)
+        args = {r: Disk(img).args() for r, img in (('primary', p_img),
+                                                   ('standby', s_img))}
+        # no file system: the writes below come from the monitor
+        pair = Pair(None, wd, nics=(), delay=200, role_args=args)
+        for vm in (pair.primary, pair.standby):
+            vm.qmp.cmd('migrate-set-parameters',
+                       **{'mc-max-buffer-size': 8 << 20})
+        pair.start_mc()
+        pair.primary.qmp.cmd('migrate-set-parameters', **{'mc-delay': 5000})
+        time.sleep(0.5)
+        early0 = pair.mc()['early-checkpoints']
+        # 16 MiB in 1 MiB writes, 50 ms apart: twice the staging buffer
+        # within one epoch
+        for i in range(16):
+            pair.primary.qmp.hmp('qemu-io d0 "write -P %d %d 1M"' %
+                                 (i + 1, (i * 2 + 1) << 20))
+            time.sleep(0.05)
+        deadline = time.time() + 30
+        while pair.mc()['disk-backlog-bytes']:
+            assert time.time() < deadline, pair.mc()
+            time.sleep(0.1)
+        mc = pair.mc()
+        status = pair.primary.qmp.cmd('query-migrate')['status']
+        print('early checkpoints %d -> %d, staging high water %d of %d, '
+              'disk bytes %d, status %s' % (
+                  early0, mc['early-checkpoints'], mc['staging-high-water'],
+                  mc['staging-size'], mc['disk-bytes'], status))
+        assert status == 'mc', status
+        assert mc['early-checkpoints'] >= early0 + 2, mc
+        assert mc['disk-bytes'] >= 16 << 20, mc
+        pair.primary.qmp.cmd('migrate-set-parameters', **{'mc-delay': 50})
+        pair.primary.qmp.cmd('stop')
+        acked = pair.mc()['acked']
+        while pair.mc()['acked'] < acked + 2 or \
+                pair.mc(pair.standby)['applied'] < acked + 2:
+            assert time.time() < deadline, pair.mc()
+            time.sleep(0.05)
+        diff = differing_blocks(p_img, s_img)
+        print('%d 4 KiB blocks differ' % len(diff))
+        assert not diff, diff[:16]
+    finally:
+        if pair:
+            pair.close()
         shutil.rmtree(wd, ignore_errors=True)
