@@ -10,7 +10,10 @@ Writes docs/benchmarks.md, docs/bench/*.csv (raw samples) and
 docs/bench/*.png (gnuplot).  Peers: upstream COLO (tests/mc/colo.py:
 without a NIC for the pause, rate, slowdown and memory figures; with its
 colo-compare network proxy for the network and failover-seen-by-a-client
-figures) and a plain precopy migration of the same guest.
+figures; with its block replication for the disk figures, bench/
+diskbench.py) and a plain precopy migration of the same guest.
+--disk-only measures the disk figures alone and rewrites the report with
+them and the other figures of the last run.
 """
 
 import argparse
@@ -31,6 +34,7 @@ from mcnet import Topology, Pair, MIG_PORT  # noqa: E402
 from mcvm import workdir, wait_migration  # noqa: E402
 from colo import ColoPair  # noqa: E402
 import netbench  # noqa: E402
+import diskbench  # noqa: E402
 
 REPEAT = int(os.environ.get('MC_BENCH_REPEAT', '3'))
 MEM = '512M'
@@ -304,6 +308,7 @@ CSVS = [
      'rep,config,kill_to_answers_ms,silence_ms,client_problems'),
     ('colo_net_rate', 'colo-net-checkpoints-per-second.csv',
      'rep,config,per_s'),
+    ('disk', 'disk.csv', diskbench.CSV_HEADER),
 ]
 
 
@@ -315,6 +320,8 @@ def load_csv(name):
             except ValueError:
                 pass
         return x
+    if name == 'disk.csv' and not os.path.exists(os.path.join(OUT, name)):
+        return []       # a run from before the disk benchmark
     with open(os.path.join(OUT, name)) as f:
         next(f)
         return [tuple(value(x) for x in line.rstrip('\n').split(','))
@@ -355,14 +362,45 @@ def measure():
             if 'checkpoints_per_s' in r:
                 rows['colo_net_rate'].append((rep, r['config'],
                                               r['checkpoints_per_s']))
+        print('-- disk', flush=True)
+        diskbench.run(rep, rows['disk'])
     for key, name, header in CSVS:
         write_csv(name, header, rows[key])
+    diskbench.write_run_info(started)
     run = {'date': time.strftime('%Y-%m-%d'), 'repetitions': REPEAT,
            'minutes': round((time.time() - started) / 60, 1),
            'measure_s': MEASURE_S, 'guest': MEM, 'cpus': os.cpu_count()}
     with open(os.path.join(OUT, 'run.json'), 'w') as f:
         json.dump(run, f, indent=1)
     return rows, run
+
+
+def measure_disk():
+    """--disk-only: the disk figures alone, REPEAT times."""
+    rows = []
+    started = time.time()
+    for rep in range(REPEAT):
+        print('== disk, repetition %d of %d' % (rep + 1, REPEAT), flush=True)
+        diskbench.run(rep, rows)
+    write_csv('disk.csv', diskbench.CSV_HEADER, rows)
+    diskbench.write_run_info(started)
+    return rows
+
+
+def disk_section(rows):
+    """The disk table of docs/benchmarks.md."""
+    try:
+        with open(os.path.join(OUT, 'disk.json')) as f:
+            when = json.load(f)
+        when = 'measured on %s, %d repetitions, %.1f min' % (
+            when['date'], when['repetitions'], when['minutes'])
+    except (OSError, ValueError, KeyError):
+        when = 'not measured in this run'
+    if not rows:
+        return '\n## Guest disk\n\nNo figures (%s).\n' % when
+    return ('\n## Guest disk\n\n`bench/diskbench.py`, %s; medians, '
+            '(min..max) over repetitions.\n\n%s\n\n%s\n' % (
+                when, diskbench.table(rows), diskbench.notes(rows)))
 
 
 def report(rows, run):
@@ -568,12 +606,14 @@ def report(rows, run):
                 ' | '.join('%.2f' % x for x in (
                     pct(c, 50), pct(c, 99), max(c))) + ' | %d' % len(c)
                 if c else 'n/a | n/a | n/a | 0'))
+        f.write(disk_section(rows['disk']))
         f.write('\n![pause against dirty pages](bench/pause.png)\n'
                 '![round-trip time](bench/latency.png)\n')
         f.write('\nCOLO runs with patches/colo-hold-bql-for-ram-save.patch '
                 '(without it its primary deadlocks under TCG) in its '
                 'documented setup (docs/COLO-FT.txt) on -machine pc, '
-                'without disks: without a NIC for the pause, rate, '
+                'without disks (but for the guest disk figures above): '
+                'without a NIC for the pause, rate, '
                 'slowdown and memory figures, with the colo-compare proxy '
                 '(filter-mirror, filter-redirector, filter-rewriter, '
                 'vnet_hdr_support for virtio-net) for the network ones. '
@@ -621,9 +661,18 @@ def main():
     ap.add_argument('--report', action='store_true',
                     help='only rewrite docs/benchmarks.md and the plots '
                     'from the raw data of the last run (docs/bench)')
+    ap.add_argument('--disk-only', action='store_true',
+                    help='measure only the disk figures (bench/'
+                    'diskbench.py), then rewrite the report with them and '
+                    'the raw data of the last run')
     a = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
-    if a.report:
+    if a.disk_only:
+        disk = measure_disk()
+        print(diskbench.table(disk))
+        if not os.path.exists(os.path.join(OUT, 'run.json')):
+            return
+    if a.report or a.disk_only:
         rows = {k: load_csv(name) for k, name, _ in CSVS}
         with open(os.path.join(OUT, 'run.json')) as f:
             run = json.load(f)
