@@ -135,6 +135,31 @@ bool mc_caps_check(const bool *new_caps, Error **errp)
     return true;
 }
 
+/*
+ * MC speaks its own protocol both ways on the migration channel after
+ * precopy: it needs a two-way stream.  RDMA would need an MC transport
+ * of its own (its hooks in ram.c expect the RDMA channel, not MC's
+ * staging buffer); a file is one way.
+ */
+bool mc_transport_check(const MigrationAddress *addr, Error **errp)
+{
+    if (!migrate_mc()) {
+        return true;
+    }
+    switch (addr->transport) {
+    case MIGRATION_ADDRESS_TYPE_RDMA:
+        error_setg(errp, "Micro-checkpointing over RDMA is not supported "
+                   "yet: use a tcp: (or unix:) URI");
+        return false;
+    case MIGRATION_ADDRESS_TYPE_FILE:
+        error_setg(errp, "Micro-checkpointing needs a two-way connection "
+                   "to the standby, not a file");
+        return false;
+    default:
+        return true;
+    }
+}
+
 void mc_params_query(MigrationParameters *params,
                      const MigrationParameters *cur)
 {

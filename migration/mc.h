@@ -55,6 +55,7 @@ uint32_t migrate_mc_heartbeat_timeout(void);
 MCFailoverPolicy migrate_mc_failover_policy(void);
 
 bool mc_caps_check(const bool *new_caps, Error **errp);
+bool mc_transport_check(const MigrationAddress *addr, Error **errp);
 void mc_params_query(MigrationParameters *params,
                      const MigrationParameters *cur);
 void mc_params_init(MigrationParameters *params);
