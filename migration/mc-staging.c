@@ -29,20 +29,31 @@ MCStaging *mc_staging_new(size_t capacity, Error **errp)
     st = MC_STAGING(object_new(TYPE_MC_STAGING));
     st->data = data;
     st->capacity = capacity;
+    st->limit = capacity;
     trace_mc_staging_new(capacity);
     return st;
 }
 
-void mc_staging_rewind(MCStaging *st)
+void mc_staging_rewind_at(MCStaging *st, size_t base, size_t limit)
 {
+    assert(base <= limit && limit <= st->capacity);
+    st->base = base;
+    st->limit = limit;
     st->used = 0;
     st->offset = 0;
     st->overflow = false;
 }
 
+void mc_staging_rewind(MCStaging *st)
+{
+    mc_staging_rewind_at(st, 0, st->capacity);
+}
+
 void mc_staging_set_readable(MCStaging *st, size_t len)
 {
     assert(len <= st->capacity);
+    st->base = 0;
+    st->limit = st->capacity;
     st->used = len;
     st->offset = 0;
     st->overflow = false;
@@ -56,17 +67,18 @@ static ssize_t mc_staging_writev(QIOChannel *ioc, const struct iovec *iov,
     MCStaging *st = MC_STAGING(ioc);
     size_t len = iov_size(iov, niov);
 
-    if (len > st->capacity - st->used) {
+    if (len > st->limit - st->base - st->used) {
         /* Never grow: the caller must take a smaller checkpoint instead. */
         st->overflow = true;
-        trace_mc_staging_overflow(st->used, len, st->capacity);
+        trace_mc_staging_overflow(st->used, len, st->limit - st->base);
         error_setg_errno(errp, ENOSPC, "MC: checkpoint does not fit in the "
-                         "%zu-byte staging buffer", st->capacity);
+                         "%zu bytes free in the staging buffer",
+                         st->limit - st->base);
         return -1;
     }
-    iov_to_buf(iov, niov, 0, st->data + st->used, len);
+    iov_to_buf(iov, niov, 0, st->data + st->base + st->used, len);
     st->used += len;
-    st->high_water = MAX(st->high_water, st->used);
+    st->high_water = MAX(st->high_water, st->base + st->used);
     return len;
 }
 
@@ -77,7 +89,7 @@ static ssize_t mc_staging_readv(QIOChannel *ioc, const struct iovec *iov,
     MCStaging *st = MC_STAGING(ioc);
     size_t len = MIN(iov_size(iov, niov), st->used - st->offset);
 
-    iov_from_buf(iov, niov, 0, st->data + st->offset, len);
+    iov_from_buf(iov, niov, 0, st->data + st->base + st->offset, len);
     st->offset += len;
     return len;     /* 0 at the end of the checkpoint: end of file */
 }

@@ -26,6 +26,8 @@ struct MCStaging {
     QIOChannel parent;
     uint8_t *data;
     size_t capacity;    /* fixed at creation */
+    size_t base;        /* where the current checkpoint starts */
+    size_t limit;       /* and where it must end, at the latest */
     size_t used;        /* bytes of the current checkpoint */
     size_t offset;      /* read position */
     size_t high_water;  /* most bytes ever used: memory actually touched */
@@ -37,6 +39,12 @@ MCStaging *mc_staging_new(size_t capacity, Error **errp);
 
 /* Start a new checkpoint: empty the buffer, clear the overflow flag. */
 void mc_staging_rewind(MCStaging *st);
+
+/*
+ * Start a new checkpoint in [@base, @limit) of the buffer (the primary
+ * keeps several checkpoints in flight, each in its own part).
+ */
+void mc_staging_rewind_at(MCStaging *st, size_t base, size_t limit);
 
 /* Make the first @len bytes readable from the start (after a receive). */
 void mc_staging_set_readable(MCStaging *st, size_t len);

@@ -4,7 +4,10 @@
  * Primary (source), on the migration thread once precopy has brought the
  * standby up to date (migration_iteration_finish, state "mc"):
  *   mc_checkpoint_take()   VM paused: dirty RAM + devices -> staging buffer
- *   mc_checkpoint_send()   VM running: staging -> standby, wait for its ACK
+ *   mc_primary_tx_thread() VM running: staging -> standby, in order, without
+ *                          waiting for ACKs: up to MC_RING_SLOTS checkpoints
+ *                          are in flight, each in its part of the staging
+ *                          buffer until the standby acknowledges it
  * Standby (destination), on the "mc-rx" thread:
  *   mc_checkpoint_receive() whole checkpoint -> staging, verified, ACKed
  *   mc_checkpoint_apply()   staging -> guest RAM and disks, BQL held; the
@@ -57,6 +60,20 @@
 /* Receive a checkpoint in pieces, so a long one still counts as traffic. */
 #define MC_RECV_CHUNK           (1 * MiB)
 
+/*
+ * Checkpoints in flight.  The staging buffer is used as a ring: each
+ * checkpoint is one contiguous part of it, in epoch order, freed when
+ * the standby acknowledges it.
+ */
+#define MC_RING_SLOTS           8
+
+typedef struct MCSlot {
+    uint64_t epoch;
+    size_t offset, len;         /* in the staging buffer */
+    int64_t pause_end_us;       /* for the transfer time */
+    unsigned resends;
+} MCSlot;
+
 typedef struct MCSession {
     MCRole role;
     QIOChannel *ioc;
@@ -65,7 +82,8 @@ typedef struct MCSession {
 
     QemuThread rx_thread;
     QemuThread hb_thread;
-    bool rx_started, hb_started;
+    QemuThread tx_thread;       /* primary */
+    bool rx_started, hb_started, tx_started;
     QemuSemaphore hb_sem;       /* posted to stop the heartbeat thread */
     QemuMutex send_lock;        /* one message at a time on the wire */
 
@@ -74,8 +92,14 @@ typedef struct MCSession {
     QemuCond cond;
     bool ready;                 /* standby loaded the initial state */
     uint64_t acked_epoch;
-    uint64_t nacked_epoch;
-    uint32_t nack_reason;
+    /* Primary: checkpoints taken and not yet acknowledged, oldest first */
+    MCSlot ring[MC_RING_SLOTS];
+    unsigned ring_first, ring_count;
+    uint64_t taken_epoch;       /* the newest checkpoint in the ring */
+    uint64_t send_next;         /* the next one the tx thread sends */
+    uint64_t resend_from;       /* 0, or go back to this one (refused) */
+    bool tx_busy;               /* the tx thread is sending */
+    bool tx_stop;               /* the tx thread must end */
     bool lost;                  /* the peer is gone, for loss_reason */
     MCLossReason loss_reason;   /* the first detection wins */
     bool stop_received;         /* standby: primary said leave MC */
@@ -255,6 +279,14 @@ static void *mc_hb_thread(void *opaque)
 static void mc_threads_stop(MCSession *mc)
 {
     qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    if (mc->tx_started) {
+        qemu_mutex_lock(&mc->lock);
+        mc->tx_stop = true;
+        qemu_cond_broadcast(&mc->cond);
+        qemu_mutex_unlock(&mc->lock);
+        qemu_thread_join(&mc->tx_thread);
+        mc->tx_started = false;
+    }
     if (mc->hb_started) {
         qemu_sem_post(&mc->hb_sem);
         qemu_thread_join(&mc->hb_thread);
@@ -294,6 +326,116 @@ static bool mc_recv_header(MCSession *mc, uint64_t max_len, MCWireHeader *h)
  * Primary
  */
 
+/* The slot of checkpoint @epoch, or NULL if not in flight.  mc->lock. */
+static MCSlot *mc_ring_find(MCSession *mc, uint64_t epoch)
+{
+    unsigned i;
+
+    for (i = 0; i < mc->ring_count; i++) {
+        MCSlot *sl = &mc->ring[(mc->ring_first + i) % MC_RING_SLOTS];
+
+        if (sl->epoch == epoch) {
+            return sl;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * The standby acknowledged every checkpoint up to @epoch (it applies
+ * them in order): free their parts of the staging buffer.  mc->lock.
+ */
+static void mc_ring_acked(MCSession *mc, uint64_t epoch)
+{
+    int64_t now = mc_now_us();
+
+    while (mc->ring_count && mc->ring[mc->ring_first].epoch <= epoch) {
+        MCSlot *sl = &mc->ring[mc->ring_first];
+        int64_t transfer = now - sl->pause_end_us;
+
+        mc->stats.acked++;
+        mc->stats.bytes += sl->len;
+        mc->stats.transfer_last_us = transfer;
+        mc->transfer_total_us += transfer;
+        mc->stats.transfer_avg_us = mc->transfer_total_us / mc->stats.acked;
+        trace_mc_checkpoint_acked(sl->epoch, transfer);
+        mc->ring_first = (mc->ring_first + 1) % MC_RING_SLOTS;
+        mc->ring_count--;
+    }
+    mc->acked_epoch = MAX(mc->acked_epoch, epoch);
+    mc->stats.last_acked_epoch = mc->acked_epoch;
+    mc->stats.in_flight = mc->ring_count;
+}
+
+/*
+ * The standby refused checkpoint @epoch.  A corrupt one is sent again,
+ * and every later one after it (go back N: the standby refuses those
+ * as out of order until it has the missing one, so their refusals need
+ * nothing more).  False when MC must end: the standby failed to apply
+ * a checkpoint, or refused one too often.  mc->lock.
+ */
+static bool mc_ring_refused(MCSession *mc, uint64_t epoch, uint32_t why)
+{
+    MCSlot *sl = mc_ring_find(mc, epoch);
+
+    mc->stats.refused++;
+    if (why == MC_NACK_APPLY_FAILED) {
+        error_report("MC: the standby failed to apply checkpoint %" PRIu64,
+                     epoch);
+        return false;
+    }
+    if (why != MC_NACK_CORRUPT || !sl) {
+        return true;
+    }
+    if (++sl->resends > MC_MAX_RESENDS) {
+        error_report("MC: the standby refused checkpoint %" PRIu64 " %d "
+                     "times", epoch, MC_MAX_RESENDS + 1);
+        return false;
+    }
+    warn_report("MC: the standby refused checkpoint %" PRIu64 " (corrupt), "
+                "sending it again", epoch);
+    if (!mc->resend_from || epoch < mc->resend_from) {
+        mc->resend_from = epoch;
+    }
+    return true;
+}
+
+/*
+ * The part of the staging buffer the next checkpoint may use: from the
+ * end of the newest checkpoint in flight to the start of the oldest, or
+ * to the end of the buffer (or from its start, if that is larger) when
+ * they do not wrap around.  mc->lock.
+ */
+static void mc_ring_region(MCSession *mc, size_t *base, size_t *limit)
+{
+    size_t cap = mc->staging->capacity;
+    MCSlot *first, *last;
+    size_t end;
+
+    if (!mc->ring_count) {
+        *base = 0;
+        *limit = cap;
+        return;
+    }
+    if (mc->ring_count == MC_RING_SLOTS) {
+        *base = *limit = 0;
+        return;
+    }
+    first = &mc->ring[mc->ring_first];
+    last = &mc->ring[(mc->ring_first + mc->ring_count - 1) % MC_RING_SLOTS];
+    end = last->offset + last->len;
+    if (last->offset < first->offset) {         /* wrapped */
+        *base = end;
+        *limit = first->offset;
+    } else if (cap - end >= first->offset) {
+        *base = end;
+        *limit = cap;
+    } else {
+        *base = 0;
+        *limit = first->offset;
+    }
+}
+
 /* Receives ACK, NACK, READY and heartbeats from the standby. */
 static void *mc_primary_rx_thread(void *opaque)
 {
@@ -312,11 +454,25 @@ static void *mc_primary_rx_thread(void *opaque)
             mc->ready = true;
             break;
         case MC_MSG_ACK:
-            mc->acked_epoch = MAX(mc->acked_epoch, h.epoch);
-            break;
+            if (h.epoch > mc->taken_epoch) {
+                qemu_mutex_unlock(&mc->lock);
+                error_report("MC: the standby acknowledged checkpoint %"
+                             PRIu64 ", which was not sent", h.epoch);
+                mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+                goto out;
+            }
+            mc_ring_acked(mc, h.epoch);
+            qemu_cond_broadcast(&mc->cond);
+            qemu_mutex_unlock(&mc->lock);
+            /* output commit: what these epochs produced may now be seen */
+            mc_participants_commit(h.epoch);
+            continue;
         case MC_MSG_NACK:
-            mc->nacked_epoch = h.epoch;
-            mc->nack_reason = h.flags;
+            if (!mc_ring_refused(mc, h.epoch, h.flags)) {
+                qemu_mutex_unlock(&mc->lock);
+                mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+                goto out;
+            }
             break;
         case MC_MSG_STANDBY_HEARTBEAT:
             break;
@@ -350,34 +506,51 @@ static bool mc_primary_should_stop(MCSession *mc, MigrationState *s)
 static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
                                   int64_t epoch_start_us, bool *early)
 {
+    int64_t next_poll = 0;
+
     *early = false;
     for (;;) {
         int64_t delay_us = migrate_mc_delay() * 1000LL;
-        int64_t now = mc_now_us();
-        int64_t left = epoch_start_us + delay_us - now;
         /*
          * Poll the dirty set a few times per epoch, every 5 to 20 ms:
          * a long epoch must still notice a burst (disk writes arrive
          * at the host's disk speed) before it outgrows the staging.
+         * Not more often: ACKs wake this loop, and a poll syncs the
+         * dirty log under the BQL.
          */
         int64_t poll = MIN(MAX(delay_us / 8, 5000), 20000);
+        int64_t due = epoch_start_us + delay_us, now = mc_now_us();
+        size_t base, limit;
         bool stop;
 
+        if (!next_poll) {
+            next_poll = epoch_start_us + poll;
+        }
         qemu_mutex_lock(&mc->lock);
-        if (!mc_primary_should_stop(mc, s) && left > 0) {
+        if (!mc_primary_should_stop(mc, s) && now < due) {
             qemu_cond_timedwait(&mc->cond, &mc->lock,
-                                MAX(MIN(left, poll) / 1000, 1));
+                                MAX((MIN(due, next_poll) - now) / 1000, 1));
         }
         stop = mc_primary_should_stop(mc, s);
+        /* with checkpoints in flight, less than the whole buffer is free */
+        mc_ring_region(mc, &base, &limit);
+        if (!mc->ring_count) {
+            limit = mc->staging->capacity;
+        }
         qemu_mutex_unlock(&mc->lock);
         if (stop) {
             return false;
         }
-        if (mc_now_us() >= epoch_start_us + delay_us) {
+        now = mc_now_us();
+        if (now >= due) {
             return true;
         }
+        if (now < next_poll) {
+            continue;
+        }
+        next_poll = now + poll;
         if (mc_dirty_estimate() * qemu_target_page_size() +
-            mc_participants_backlog() > mc->staging->capacity / 2) {
+            mc_participants_backlog() > (limit - base) / 2) {
             *early = true;
             return true;
         }
@@ -425,7 +598,8 @@ static void mc_guest_resume(void)
  * state into the staging buffer, resume it.  No network I/O happens while
  * the VM is paused.  Called with the BQL (the TCG dirty-log sync needs it).
  */
-static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
+static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
+                              size_t limit, Error **errp)
 {
     size_t devices_at;
     bool running;
@@ -441,12 +615,12 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
     /* What the guest does from now on belongs to the next checkpoint */
     mc_participants_checkpoint(epoch);
 
-    mc_staging_rewind(mc->staging);
+    mc_staging_rewind_at(mc->staging, base, limit);
     ram_mc_begin_checkpoint(mc->sfile);
     qemu_savevm_live_state(mc->sfile);
     /* Copies the pending iovecs that point at guest RAM: must be paused */
     qemu_fflush(mc->sfile);
-    devices_at = mc->staging->used;
+    devices_at = mc->staging->used;     /* from the checkpoint's start */
     ret = qemu_save_device_state(mc->sfile);
     /* The trailer: where the device state begins (see mc_checkpoint_apply) */
     qemu_put_be64(mc->sfile, devices_at);
@@ -476,8 +650,8 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
 
     if (mc->staging->overflow) {
         error_setg(errp, "MC: checkpoint %" PRIu64 " does not fit in "
-                   "mc-max-buffer-size (%zu bytes)", epoch,
-                   mc->staging->capacity);
+                   "mc-max-buffer-size (%zu bytes, %zu of them free)", epoch,
+                   mc->staging->capacity, limit - base);
         return -ENOSPC;
     }
     if (ret) {
@@ -488,68 +662,115 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, Error **errp)
 }
 
 /*
- * Send checkpoint @epoch from staging and wait for the standby's ACK.
- * A refused (NACKed) checkpoint is sent again: the staging buffer still
- * holds it.  Returns 0 once acknowledged, -1 when MC must stop.
+ * Sends the checkpoints in the ring, in epoch order, as soon as they
+ * are taken; goes back to a refused one (resend_from).  ACKs are the
+ * rx thread's business: several checkpoints may be unacknowledged.
  */
-static int mc_checkpoint_send(MCSession *mc, MigrationState *s,
-                              uint64_t epoch, int64_t pause_end_us)
+static void *mc_primary_tx_thread(void *opaque)
 {
-    struct iovec iov = {
-        .iov_base = mc->staging->data, .iov_len = mc->staging->used,
-    };
-    int attempt;
+    MCSession *mc = opaque;
 
-    for (attempt = 0; attempt <= MC_MAX_RESENDS; attempt++) {
+    rcu_register_thread();
+    qemu_mutex_lock(&mc->lock);
+    for (;;) {
         Error *err = NULL;
-        int64_t transfer;
+        struct iovec iov;
+        uint64_t epoch;
+        MCSlot *sl;
+        int ret;
 
-        if (mc_send(mc, MC_MSG_CHECKPOINT, 0, epoch, &iov, 1, &err) < 0) {
+        if (mc->resend_from) {
+            mc->send_next = mc->resend_from;
+            mc->resend_from = 0;
+        }
+        if (mc->tx_stop || mc->lost) {
+            break;
+        }
+        if (mc->send_next > mc->taken_epoch) {
+            qemu_cond_wait(&mc->cond, &mc->lock);
+            continue;
+        }
+        sl = mc_ring_find(mc, mc->send_next);
+        if (!sl) {
+            mc->send_next++;        /* acknowledged already */
+            continue;
+        }
+        epoch = sl->epoch;
+        iov.iov_base = mc->staging->data + sl->offset;
+        iov.iov_len = sl->len;
+        mc->tx_busy = true;
+        qemu_mutex_unlock(&mc->lock);
+        /* the slot stays in the ring: only its ACK frees it */
+        ret = mc_send(mc, MC_MSG_CHECKPOINT, 0, epoch, &iov, 1, &err);
+        qemu_mutex_lock(&mc->lock);
+        mc->tx_busy = false;
+        qemu_cond_broadcast(&mc->cond);
+        if (ret < 0) {
+            qemu_mutex_unlock(&mc->lock);
             error_free(err);
             mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
-            return -1;
+            qemu_mutex_lock(&mc->lock);
+            break;
         }
-        qemu_mutex_lock(&mc->lock);
-        while (mc->acked_epoch < epoch && mc->nacked_epoch != epoch &&
-               !mc_primary_should_stop(mc, s)) {
-            qemu_cond_wait(&mc->cond, &mc->lock);
+        if (mc->send_next == epoch) {
+            mc->send_next = epoch + 1;
         }
-        if (mc->acked_epoch >= epoch) {
-            transfer = mc_now_us() - pause_end_us;
-            mc->stats.acked++;
-            mc->stats.last_acked_epoch = epoch;
-            mc->stats.bytes += iov.iov_len;
-            mc->stats.transfer_last_us = transfer;
-            mc->transfer_total_us += transfer;
-            mc->stats.transfer_avg_us = mc->transfer_total_us /
-                                        mc->stats.acked;
-            qemu_mutex_unlock(&mc->lock);
-            trace_mc_checkpoint_acked(epoch, transfer);
-            /* output commit: what epoch produced may now be seen */
-            mc_participants_commit(epoch);
-            return 0;
-        }
-        if (mc->nacked_epoch != epoch) {
-            qemu_mutex_unlock(&mc->lock);
-            return -1;                      /* lost, cancelled, failover */
-        }
-        mc->nacked_epoch = 0;
-        mc->stats.refused++;
-        if (mc->nack_reason == MC_NACK_APPLY_FAILED) {
-            qemu_mutex_unlock(&mc->lock);
-            error_report("MC: the standby failed to apply checkpoint %"
-                         PRIu64, epoch);
-            mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
-            return -1;
-        }
-        qemu_mutex_unlock(&mc->lock);
-        warn_report("MC: the standby refused checkpoint %" PRIu64
-                    " (reason %u), sending it again", epoch, mc->nack_reason);
     }
-    error_report("MC: the standby refused checkpoint %" PRIu64 " %d times",
-                 epoch, MC_MAX_RESENDS + 1);
-    mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
-    return -1;
+    qemu_mutex_unlock(&mc->lock);
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/*
+ * End the tx thread.  It may be blocked sending to a standby that does
+ * not read (stopped, or behind a broken link): after a heartbeat
+ * timeout the channel is shut down under it.
+ */
+static void mc_primary_tx_stop(MCSession *mc)
+{
+    int64_t deadline = mc_now_us() + migrate_mc_heartbeat_timeout() * 1000LL;
+    bool busy;
+
+    if (!mc->tx_started) {
+        return;
+    }
+    qemu_mutex_lock(&mc->lock);
+    mc->tx_stop = true;
+    qemu_cond_broadcast(&mc->cond);
+    while (mc->tx_busy && mc_now_us() < deadline) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock, 50);
+    }
+    busy = mc->tx_busy;
+    qemu_mutex_unlock(&mc->lock);
+    if (busy) {
+        qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    }
+    qemu_thread_join(&mc->tx_thread);
+    mc->tx_started = false;
+}
+
+/*
+ * Wait until the staging buffer has room for the next checkpoint: about
+ * @need bytes (all of it once nothing is in flight) and a free slot.
+ * Returns the part to use, or false when MC must stop.
+ */
+static bool mc_primary_wait_room(MCSession *mc, MigrationState *s,
+                                 size_t need, size_t *base, size_t *limit)
+{
+    bool stop;
+
+    qemu_mutex_lock(&mc->lock);
+    for (;;) {
+        stop = mc_primary_should_stop(mc, s);
+        mc_ring_region(mc, base, limit);
+        if (stop || !mc->ring_count ||
+            (mc->ring_count < MC_RING_SLOTS && *limit - *base >= need)) {
+            break;
+        }
+        qemu_cond_wait(&mc->cond, &mc->lock);
+    }
+    qemu_mutex_unlock(&mc->lock);
+    return !stop;
 }
 
 /*
@@ -662,31 +883,61 @@ void mc_primary_run(MigrationState *s)
 
     trace_mc_primary_start(mc->staging->capacity);
     if (mc_primary_wait_ready(mc, s)) {
+        int64_t start = mc_now_us();
+
         qemu_thread_create(&mc->hb_thread, "mc-hb", mc_hb_thread, mc,
                            QEMU_THREAD_JOINABLE);
         mc->hb_started = true;
+        mc->send_next = 1;
+        qemu_thread_create(&mc->tx_thread, "mc-tx", mc_primary_tx_thread,
+                           mc, QEMU_THREAD_JOINABLE);
+        mc->tx_started = true;
+        /* The next epoch begins as soon as the pause ends */
         for (;;) {
-            int64_t start = mc_now_us(), pause_end;
+            int64_t pause_end;
+            size_t base, limit, need;
             bool early;
 
             if (!mc_primary_wait_epoch(mc, s, start, &early)) {
                 break;
             }
+            /*
+             * Room for what is dirty now, with a margin: at least half
+             * the buffer (the early checkpoint keeps an epoch below
+             * half of what is free when it starts), all of it (nothing
+             * in flight) for a large dirty set.
+             */
+            need = (mc_dirty_estimate() * qemu_target_page_size() +
+                    mc_participants_backlog()) / 2 * 3 + MiB;
+            need = MIN(MAX(need, mc->staging->capacity / 2),
+                       mc->staging->capacity);
+            if (!mc_primary_wait_room(mc, s, need, &base, &limit)) {
+                break;
+            }
             epoch++;
             bql_lock();
-            if (mc_checkpoint_take(mc, epoch, &err) < 0) {
+            if (mc_checkpoint_take(mc, epoch, base, limit, &err) < 0) {
                 bql_unlock();
                 break;
             }
             bql_unlock();
             pause_end = mc_now_us();
             qemu_mutex_lock(&mc->lock);
+            mc->ring[(mc->ring_first + mc->ring_count) % MC_RING_SLOTS] =
+                (MCSlot) {
+                    .epoch = epoch, .offset = base,
+                    .len = mc->staging->used, .pause_end_us = pause_end,
+                };
+            mc->ring_count++;
+            mc->taken_epoch = epoch;
+            mc->stats.in_flight = mc->ring_count;
+            mc->stats.in_flight_max = MAX(mc->stats.in_flight_max,
+                                          mc->ring_count);
             mc->stats.early_checkpoints += early;
             mc->stats.epoch_ms = (pause_end - start) / 1000;
+            qemu_cond_broadcast(&mc->cond);
             qemu_mutex_unlock(&mc->lock);
-            if (mc_checkpoint_send(mc, s, epoch, pause_end) < 0) {
-                break;
-            }
+            start = pause_end;
         }
     } else {
         qemu_mutex_lock(&mc->lock);
@@ -729,6 +980,8 @@ void mc_primary_run(MigrationState *s)
     requested = mc->failover_requested;
     qemu_mutex_unlock(&mc->lock);
 
+    /* No checkpoint is sent after STOP; the ring is dropped */
+    mc_primary_tx_stop(mc);
     mc_primary_tell_stop(mc, cancelled ? MC_STOP_CANCEL : MC_STOP_DROPPED);
     qemu_mutex_lock(&mc->lock);
     mc->stop_told = true;
@@ -1213,7 +1466,9 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
                    " us, max %" PRIu64 " us\n",
                    m->pause_last_us, m->pause_avg_us, m->pause_max_us);
     monitor_printf(mon, "transfer: last %" PRIu64 " us, avg %" PRIu64
-                   " us\n", m->transfer_last_us, m->transfer_avg_us);
+                   " us; in flight %" PRIu64 " (at most %" PRIu64 ")\n",
+                   m->transfer_last_us, m->transfer_avg_us, m->in_flight,
+                   m->in_flight_max);
     monitor_printf(mon, "bytes: %" PRIu64 " total, %" PRIu64 " last\n",
                    m->bytes, m->last_bytes);
     monitor_printf(mon, "dirty pages last epoch: %" PRIu64

@@ -48,6 +48,35 @@ static void test_write_rewind_reuse(void)
     object_unref(OBJECT(st));
 }
 
+/*
+ * The primary keeps several checkpoints in flight, each in its own part
+ * of the buffer: writes land at the part's start and stop at its end.
+ */
+static void test_window(void)
+{
+    MCStaging *st = mc_staging_new(1 << 20, &error_abort);
+    QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(st));
+    g_autofree uint8_t *a = g_malloc(50000), *big = g_malloc0(60000);
+
+    fill(a, 50000, 3);
+    memset(st->data, 0xee, 1 << 20);
+    mc_staging_rewind_at(st, 100000, 200000);
+    qemu_put_buffer(f, a, 50000);
+    g_assert_cmpint(qemu_fflush(f), ==, 0);
+    g_assert_cmpuint(st->used, ==, 50000);
+    g_assert_cmpmem(st->data + 100000, 50000, a, 50000);
+    g_assert_cmpint(st->data[99999], ==, 0xee);  /* nothing before it */
+    g_assert_cmpuint(st->high_water, ==, 150000);
+
+    /* 50000 + 60000 bytes do not fit in a 100000-byte part */
+    qemu_put_buffer(f, big, 60000);
+    qemu_fflush(f);
+    g_assert_true(st->overflow);
+    g_assert_cmpint(st->data[200000], ==, 0xee); /* nothing after it */
+    qemu_fclose(f);
+    object_unref(OBJECT(st));
+}
+
 /* A checkpoint larger than the buffer fails; the buffer does not grow. */
 static void test_overflow(void)
 {
@@ -103,6 +132,7 @@ int main(int argc, char **argv)
     module_call_init(MODULE_INIT_QOM);
     g_test_add_func("/mc/staging/write-rewind-reuse", test_write_rewind_reuse);
     g_test_add_func("/mc/staging/overflow", test_overflow);
+    g_test_add_func("/mc/staging/window", test_window);
     g_test_add_func("/mc/staging/read", test_read);
     g_test_add_func("/mc/staging/alloc-failure", test_alloc_failure);
     return g_test_run();
