@@ -558,13 +558,19 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
 }
 
 /*
- * The light pause: the vCPUs stop and the virtual clock with them, and
- * nothing else.  The run state does not change, so there is no STOP or
- * RESUME event, no VM state-change handler and no block flush per
- * checkpoint.  Device emulation cannot run meanwhile: the caller holds
- * the BQL, and the disk participant drains the block layer (iothreads
- * included) for the whole pause.  The frozen clock keeps the saved
- * timers consistent with the saved clock offsets.
+ * The light pause: vm_stop() without its STOP event and its block flush.
+ * Management sees nothing per checkpoint: no event, and a run state
+ * (finish-migrate) that only exists while the BQL is held, but for the
+ * moments the vCPUs need to stop.  The devices' state-change handlers
+ * still run: they are what stops device emulation that runs in the main
+ * loop, and the main loop does run inside the pause, in every aio_poll()
+ * (block reads, the drain) and wherever the BQL is dropped (the TCG
+ * dirty-log sync waits for the vCPUs).  Without them virtio-net's
+ * transmit bottom half consumed descriptors after the output barrier:
+ * checkpoint N had the descriptor consumed and the packet was tagged
+ * N + 1, so a failover at N lost it (TCP stalls of seconds).  The block
+ * layer stays drained for the pause (disk participant); the virtual
+ * clock stops with the vCPUs, so saved timers match the saved clock.
  */
 static bool mc_guest_pause(void)
 {
@@ -573,23 +579,24 @@ static bool mc_guest_pause(void)
     }
     cpu_disable_ticks();
     pause_all_vcpus();
-    /* It drops the BQL while it waits: a "stop" may have run meanwhile */
+    /*
+     * It drops the BQL while it waits: a "stop" may have run meanwhile,
+     * and then the VM stays stopped.  Past this point the BQL is held
+     * until mc_guest_resume() (patches/tcg-dirty-sync-stopped-vcpus).
+     */
     if (!runstate_is_running()) {
         return false;
     }
-    /*
-     * Device savers may insist that the VM is not running (scsi-bus
-     * asserts it).  Nobody else sees this state: it is set and reset
-     * under the BQL, without events or state-change handlers.
-     */
     runstate_set(RUN_STATE_FINISH_MIGRATE);
+    vm_state_notify(false, RUN_STATE_FINISH_MIGRATE);
     return true;
 }
 
 static void mc_guest_resume(void)
 {
-    runstate_set(RUN_STATE_RUNNING);
     cpu_enable_ticks();
+    runstate_set(RUN_STATE_RUNNING);
+    vm_state_notify(true, RUN_STATE_RUNNING);
     resume_all_vcpus();
 }
 
@@ -750,27 +757,49 @@ static void mc_primary_tx_stop(MCSession *mc)
 }
 
 /*
- * Wait until the staging buffer has room for the next checkpoint: about
- * @need bytes (all of it once nothing is in flight) and a free slot.
- * Returns the part to use, or false when MC must stop.
+ * Room the next checkpoint needs: one and a half times what is dirty now
+ * plus 1 MiB, at least half the buffer (the early checkpoint keeps an
+ * epoch below half of what is free when it starts), all of it (nothing
+ * in flight) for a large dirty set.  No mc->lock: it takes the BQL.
+ */
+static size_t mc_primary_room_needed(MCSession *mc)
+{
+    size_t cap = mc->staging->capacity;
+    size_t need = (mc_dirty_estimate() * qemu_target_page_size() +
+                   mc_participants_backlog()) / 2 * 3 + MiB;
+
+    return MIN(MAX(need, cap / 2), cap);
+}
+
+/*
+ * Wait until the staging buffer has room for the next checkpoint and a
+ * slot is free.  The dirty set grows while this waits for ACKs, so what
+ * is needed is estimated again after each.  Returns the part to use, or
+ * false when MC must stop.
  */
 static bool mc_primary_wait_room(MCSession *mc, MigrationState *s,
-                                 size_t need, size_t *base, size_t *limit)
+                                 size_t *base, size_t *limit)
 {
-    bool stop;
-
-    qemu_mutex_lock(&mc->lock);
     for (;;) {
+        size_t need = mc_primary_room_needed(mc);
+        bool stop, ok;
+
+        qemu_mutex_lock(&mc->lock);
         stop = mc_primary_should_stop(mc, s);
         mc_ring_region(mc, base, limit);
-        if (stop || !mc->ring_count ||
-            (mc->ring_count < MC_RING_SLOTS && *limit - *base >= need)) {
-            break;
+        ok = stop || !mc->ring_count ||
+             (mc->ring_count < MC_RING_SLOTS && *limit - *base >= need);
+        if (!ok) {
+            qemu_cond_wait(&mc->cond, &mc->lock);
         }
-        qemu_cond_wait(&mc->cond, &mc->lock);
+        qemu_mutex_unlock(&mc->lock);
+        if (stop) {
+            return false;
+        }
+        if (ok) {
+            return true;
+        }
     }
-    qemu_mutex_unlock(&mc->lock);
-    return !stop;
 }
 
 /*
@@ -895,23 +924,13 @@ void mc_primary_run(MigrationState *s)
         /* The next epoch begins as soon as the pause ends */
         for (;;) {
             int64_t pause_end;
-            size_t base, limit, need;
+            size_t base, limit;
             bool early;
 
             if (!mc_primary_wait_epoch(mc, s, start, &early)) {
                 break;
             }
-            /*
-             * Room for what is dirty now, with a margin: at least half
-             * the buffer (the early checkpoint keeps an epoch below
-             * half of what is free when it starts), all of it (nothing
-             * in flight) for a large dirty set.
-             */
-            need = (mc_dirty_estimate() * qemu_target_page_size() +
-                    mc_participants_backlog()) / 2 * 3 + MiB;
-            need = MIN(MAX(need, mc->staging->capacity / 2),
-                       mc->staging->capacity);
-            if (!mc_primary_wait_room(mc, s, need, &base, &limit)) {
+            if (!mc_primary_wait_room(mc, s, &base, &limit)) {
                 break;
             }
             epoch++;
