@@ -100,7 +100,7 @@ def empty_image(path):
 def drop_images(wd):
     """The images are big and of no use after a run: keep only the logs."""
     for name in os.listdir(wd):
-        if name.endswith(('.img', '.qcow2')):
+        if name.endswith(('.img', '.qcow2', '.raw')):
             os.unlink(os.path.join(wd, name))
 
 

@@ -66,6 +66,14 @@
  * the standby acknowledges it.
  */
 #define MC_RING_SLOTS           8
+/*
+ * At most this many checkpoints on the wire beyond the last ACK.  A
+ * standby that stops reading (stopped, or a broken link) must not find
+ * the socket full of checkpoints: STOP has to fit behind them, or the
+ * primary closes the channel and the standby, once it runs again,
+ * takes the close for a dead primary (test_net_cancel_releases).
+ */
+#define MC_SEND_AHEAD           2
 
 typedef struct MCSlot {
     uint64_t epoch;
@@ -693,7 +701,8 @@ static void *mc_primary_tx_thread(void *opaque)
         if (mc->tx_stop || mc->lost) {
             break;
         }
-        if (mc->send_next > mc->taken_epoch) {
+        if (mc->send_next > mc->taken_epoch ||
+            mc->send_next > mc->acked_epoch + MC_SEND_AHEAD) {
             qemu_cond_wait(&mc->cond, &mc->lock);
             continue;
         }
