@@ -790,9 +790,21 @@ static bool mc_primary_wait_room(MCSession *mc, MigrationState *s,
                                  size_t *base, size_t *limit)
 {
     for (;;) {
-        size_t need = mc_primary_room_needed(mc);
+        size_t need = 0;
         bool stop, ok;
 
+        /*
+         * The estimate takes the BQL, which migrate_cancel holds while it
+         * waits for STOP to be sent: only when something is in flight,
+         * and never once MC is to stop.
+         */
+        qemu_mutex_lock(&mc->lock);
+        stop = mc_primary_should_stop(mc, s);
+        ok = stop || !mc->ring_count;
+        qemu_mutex_unlock(&mc->lock);
+        if (!ok) {
+            need = mc_primary_room_needed(mc);
+        }
         qemu_mutex_lock(&mc->lock);
         stop = mc_primary_should_stop(mc, s);
         mc_ring_region(mc, base, limit);
