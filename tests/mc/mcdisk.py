@@ -9,15 +9,12 @@ checksummed records to /mnt/records and tells its client "ok N" after
 each fsync; diskclient.py, in the client's network namespace, logs them.
 """
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 
-from mcnet import GUEST_IP, Pair
+from mcnet import GUEST_IP, EventLog, Pair
 from mcvm import BUILD, Skip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -193,21 +190,15 @@ class DiskPair(Pair):
         return (vm or self.primary).qmp.cmd('query-migrate')
 
 
-class DiskClient:
-    """diskclient.py in the client's namespace; events read on demand."""
+class DiskClient(EventLog):
+    """diskclient.py in the client's namespace."""
+
+    name = 'disk client'
 
     def __init__(self, topo, out, host=GUEST_IP, port=WRITER_PORT, ns=None):
-        self.out = out
-        self.proc = topo.run_in(ns or topo.cl, [
-            sys.executable, os.path.join(HERE, 'diskclient.py'), '--host',
-            host, '--port', str(port), '--out', out])
-
-    def events(self):
-        try:
-            with open(self.out) as f:
-                return [json.loads(line) for line in f if line.endswith('\n')]
-        except FileNotFoundError:
-            return []
+        super().__init__(topo, ns or topo.cl, [
+            os.path.join(HERE, 'diskclient.py'), '--host', host, '--port',
+            str(port), '--out', out], out)
 
     def oks(self, evs=None):
         return [e['n'] for e in (evs or self.events()) if e['ev'] == 'ok']
@@ -215,19 +206,6 @@ class DiskClient:
     def last_ok(self, evs=None):
         n = self.oks(evs)
         return max(n) if n else 0
-
-    def wait(self, what, timeout=60):
-        """Wait until what(events) is true; returns the events."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            evs = self.events()
-            if what(evs):
-                return evs
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise TimeoutError('disk client: condition not met; last events %s'
-                           % self.events()[-5:])
 
     def verify(self, timeout=90):
         """Ask the writer to verify; its answer (the "verify" event) or
@@ -242,15 +220,6 @@ class DiskClient:
             evs = self.events()
         got = [e for e in evs if e['ev'] == 'verify']
         return got[-1] if got else None
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.events()
 
 
 def client_problems(evs):

@@ -89,16 +89,15 @@ class Topology:
             sh('ip', 'netns', 'del', ns, check=False)
 
 
-class Client:
-    """netclient.py in stream mode; its JSON events are read on demand."""
+class EventLog:
+    """A client process in a namespace that logs JSON events to a file
+    (one per line, flushed at once), read on demand."""
 
-    def __init__(self, topo, ns, out, host, port, interval):
+    name = 'client'
+
+    def __init__(self, topo, ns, argv, out):
         self.out = out
-        self.proc = topo.run_in(ns, [sys.executable,
-                                     os.path.join(HERE, 'netclient.py'),
-                                     'stream', '--host', host, '--port',
-                                     str(port), '--interval', str(interval),
-                                     '--out', out])
+        self.proc = topo.run_in(ns, [sys.executable] + argv)
 
     def events(self):
         try:
@@ -106,13 +105,6 @@ class Client:
                 return [json.loads(line) for line in f if line.endswith('\n')]
         except FileNotFoundError:
             return []
-
-    def count(self, ev='srv'):
-        return sum(1 for e in self.events() if e['ev'] == ev)
-
-    def last_srv(self):
-        n = [e['n'] for e in self.events() if e['ev'] == 'srv']
-        return n[-1] if n else 0
 
     def wait(self, what, timeout=60):
         """Wait until what(events) is true; returns the events."""
@@ -125,8 +117,8 @@ class Client:
                 break
             time.sleep(0.1)
         evs = self.events()
-        raise TimeoutError('client: condition not met; last events %s' %
-                           evs[-5:])
+        raise TimeoutError('%s: condition not met; last events %s' %
+                           (self.name, evs[-5:]))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -136,6 +128,23 @@ class Client:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         return self.events()
+
+
+class Client(EventLog):
+    """netclient.py in stream mode."""
+
+    def __init__(self, topo, ns, out, host, port, interval):
+        super().__init__(topo, ns, [os.path.join(HERE, 'netclient.py'),
+                                    'stream', '--host', host, '--port',
+                                    str(port), '--interval', str(interval),
+                                    '--out', out], out)
+
+    def count(self, ev='srv'):
+        return sum(1 for e in self.events() if e['ev'] == ev)
+
+    def last_srv(self):
+        n = [e['n'] for e in self.events() if e['ev'] == 'srv']
+        return n[-1] if n else 0
 
 
 def problems(evs):
