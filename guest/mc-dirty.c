@@ -1,9 +1,12 @@
 /*
  * mc-dirty: a guest workload that dirties memory and reports its rate.
  *
- * Usage: mc-dirty [MiB] [pages-per-second]
+ * Usage: mc-dirty [MiB] [pages-per-second] [steady]
  * Writes one byte in every 4 KiB page of a MiB-sized buffer, round after
  * round, optionally paced to a number of pages per second (0 = flat out).
+ * Paced, it catches up after the guest was held up (a steady rate over
+ * time); with "steady" it sleeps a fixed time per 256 pages instead, so
+ * time the guest loses (a vCPU throttle, say) is not made up.
  * Once a second prints "mc-dirty: t=<s> pages=<total> rate=<pages/s>" so a
  * host can see both that the guest runs and how fast it dirties memory.
  *
@@ -12,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static double now(void)
@@ -26,6 +30,7 @@ int main(int argc, char **argv)
 {
     size_t mib = argc > 1 ? strtoul(argv[1], NULL, 0) : 32;
     double pps = argc > 2 ? strtod(argv[2], NULL) : 0;
+    int steady = argc > 3 && !strcmp(argv[3], "steady");
     size_t pages = mib * 256, i = 0;
     /* volatile: every store must reach memory, that is the workload */
     volatile uint8_t *buf = malloc(mib << 20);
@@ -48,8 +53,11 @@ int main(int argc, char **argv)
         }
         t = now();
         if (pps > 0) {
-            /* pace: sleep until the target count for elapsed time is due */
-            double due = start + total / pps;
+            /*
+             * pace: sleep until the target count for elapsed time is due,
+             * or (steady) for the time 256 pages take at the rate
+             */
+            double due = steady ? t + 256 / pps : start + total / pps;
             if (due > t) {
                 struct timespec ts = {
                     .tv_sec = (time_t)(due - t),
