@@ -44,6 +44,22 @@ void mc_staging_rewind_at(MCStaging *st, size_t base, size_t limit)
     st->overflow = false;
 }
 
+void mc_staging_move(MCStaging *st, size_t base, size_t limit)
+{
+    assert(base <= limit && limit <= st->capacity);
+    assert(st->used <= limit - base);
+    memmove(st->data + base, st->data + st->base, st->used);
+    st->base = base;
+    st->limit = limit;
+    st->high_water = MAX(st->high_water, st->base + st->used);
+}
+
+void mc_staging_set_room_fn(MCStaging *st, MCStagingRoomFn *fn, void *opaque)
+{
+    st->room_fn = fn;
+    st->room_opaque = opaque;
+}
+
 void mc_staging_rewind(MCStaging *st)
 {
     mc_staging_rewind_at(st, 0, st->capacity);
@@ -67,7 +83,10 @@ static ssize_t mc_staging_writev(QIOChannel *ioc, const struct iovec *iov,
     MCStaging *st = MC_STAGING(ioc);
     size_t len = iov_size(iov, niov);
 
-    if (len > st->limit - st->base - st->used) {
+    while (len > st->limit - st->base - st->used) {
+        if (st->room_fn && st->room_fn(st, len, st->room_opaque)) {
+            continue;
+        }
         /* Never grow: the caller must take a smaller checkpoint instead. */
         st->overflow = true;
         trace_mc_staging_overflow(st->used, len, st->limit - st->base);

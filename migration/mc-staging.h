@@ -22,6 +22,13 @@
 #define TYPE_MC_STAGING "mc-staging-channel"
 OBJECT_DECLARE_SIMPLE_TYPE(MCStaging, MC_STAGING)
 
+/*
+ * Called when a write of @len bytes does not fit in [base, limit): it may
+ * make room (mc_staging_move) and return true to have the write tried
+ * again, or return false to fail it.
+ */
+typedef bool MCStagingRoomFn(MCStaging *st, size_t len, void *opaque);
+
 struct MCStaging {
     QIOChannel parent;
     uint8_t *data;
@@ -32,6 +39,8 @@ struct MCStaging {
     size_t offset;      /* read position */
     size_t high_water;  /* most bytes ever used: memory actually touched */
     bool overflow;      /* a write did not fit since the last rewind */
+    MCStagingRoomFn *room_fn;
+    void *room_opaque;
 };
 
 /* Allocate a staging buffer of @capacity bytes; NULL with @errp if not. */
@@ -45,6 +54,16 @@ void mc_staging_rewind(MCStaging *st);
  * keeps several checkpoints in flight, each in its own part).
  */
 void mc_staging_rewind_at(MCStaging *st, size_t base, size_t limit);
+
+/*
+ * Move the current checkpoint, the @used bytes written so far, to the
+ * part [@base, @limit) of the buffer (its old part must be free for
+ * anything else).
+ */
+void mc_staging_move(MCStaging *st, size_t base, size_t limit);
+
+/* Have @fn called when a write does not fit (see MCStagingRoomFn). */
+void mc_staging_set_room_fn(MCStaging *st, MCStagingRoomFn *fn, void *opaque);
 
 /* Make the first @len bytes readable from the start (after a receive). */
 void mc_staging_set_readable(MCStaging *st, size_t len);

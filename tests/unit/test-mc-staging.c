@@ -77,6 +77,69 @@ static void test_window(void)
     object_unref(OBJECT(st));
 }
 
+typedef struct RoomProbe {
+    int calls;
+    bool give;          /* move the checkpoint to the start, whole buffer */
+} RoomProbe;
+
+static bool room_fn(MCStaging *st, size_t len, void *opaque)
+{
+    RoomProbe *p = opaque;
+
+    p->calls++;
+    if (!p->give || (st->base == 0 && st->limit == st->capacity)) {
+        return false;
+    }
+    mc_staging_move(st, 0, st->capacity);
+    return true;
+}
+
+/*
+ * A write that does not fit in its part asks for room first: given the
+ * whole buffer, what was written moves to its start, intact, and the
+ * checkpoint goes on; refused, the write fails as without the hook.
+ */
+static void test_room(void)
+{
+    MCStaging *st = mc_staging_new(1 << 20, &error_abort);
+    QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(st));
+    g_autofree uint8_t *a = g_malloc(80000), *b = g_malloc(300000);
+    RoomProbe probe = { .give = true };
+
+    fill(a, 80000, 5);
+    fill(b, 300000, 6);
+    mc_staging_set_room_fn(st, room_fn, &probe);
+    mc_staging_rewind_at(st, 700000, 900000);
+    qemu_put_buffer(f, a, 80000);
+    g_assert_cmpint(qemu_fflush(f), ==, 0);
+    g_assert_cmpint(probe.calls, ==, 0);
+    g_assert_cmpuint(st->base, ==, 700000);
+
+    /* 80000 + 300000 > 200000: moved to [0, 1 MiB) */
+    qemu_put_buffer(f, b, 300000);
+    g_assert_cmpint(qemu_fflush(f), ==, 0);
+    g_assert_cmpint(probe.calls, ==, 1);
+    g_assert_false(st->overflow);
+    g_assert_cmpuint(st->base, ==, 0);
+    g_assert_cmpuint(st->limit, ==, 1 << 20);
+    g_assert_cmpuint(st->used, ==, 380000);
+    g_assert_cmpmem(st->data, 80000, a, 80000);
+    g_assert_cmpmem(st->data + 80000, 300000, b, 300000);
+
+    /* the whole buffer is not enough: the hook says no, the write fails */
+    probe.give = false;
+    qemu_put_buffer(f, b, 300000);
+    qemu_put_buffer(f, b, 300000);
+    qemu_put_buffer(f, b, 300000);
+    qemu_fflush(f);
+    g_assert_cmpint(probe.calls, >=, 2);
+    g_assert_true(st->overflow);
+    g_assert_cmpint(qemu_file_get_error(f), !=, 0);
+    g_assert_cmpuint(st->used, <=, st->capacity);
+    qemu_fclose(f);
+    object_unref(OBJECT(st));
+}
+
 /* A checkpoint larger than the buffer fails; the buffer does not grow. */
 static void test_overflow(void)
 {
@@ -133,6 +196,7 @@ int main(int argc, char **argv)
     g_test_add_func("/mc/staging/write-rewind-reuse", test_write_rewind_reuse);
     g_test_add_func("/mc/staging/overflow", test_overflow);
     g_test_add_func("/mc/staging/window", test_window);
+    g_test_add_func("/mc/staging/room", test_room);
     g_test_add_func("/mc/staging/read", test_read);
     g_test_add_func("/mc/staging/alloc-failure", test_alloc_failure);
     return g_test_run();
