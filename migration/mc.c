@@ -38,6 +38,7 @@
 #include "monitor/monitor.h"
 #include "monitor/hmp.h"
 #include "system/cpus.h"
+#include "system/cpu-throttle.h"
 #include "system/cpu-timers.h"
 #include "system/runstate.h"
 #include "system/system.h"
@@ -74,6 +75,16 @@
  * takes the close for a dead primary (test_net_cancel_releases).
  */
 #define MC_SEND_AHEAD           2
+
+/*
+ * The vCPU throttle comes down one step after this many checkpoints in
+ * a row found room in the staging buffer.
+ */
+#define MC_THROTTLE_CALM        8
+/* The longest the throttle holds the vCPUs after one checkpoint */
+#define MC_THROTTLE_MAX_HOLD_US (1000 * 1000)
+/* How often a primary waiting for room looks at the dirty set again */
+#define MC_ROOM_POLL_US         5000
 
 typedef struct MCSlot {
     uint64_t epoch;
@@ -130,6 +141,17 @@ typedef struct MCSession {
 
     MCInfo stats;               /* protected by lock */
     uint64_t pause_total_us, transfer_total_us;
+
+    /* Primary, migration thread only */
+    bool room_waited;           /* this checkpoint waited for ACKs */
+    bool room_short;            /* it was taken before there was room */
+    int throttle_pct;           /* vCPU throttle, 0 to 99 */
+    double dirty_rate;          /* bytes per us of guest run, lately */
+    bool last_early;            /* the last checkpoint was taken early */
+    int64_t pause_start_us;     /* of the last checkpoint */
+    int64_t run_start_us;       /* when the vCPUs last went on */
+    unsigned throttle_calm;     /* checkpoints in a row that found room */
+    bool vcpus_held;            /* the last pause left the vCPUs stopped */
 } MCSession;
 
 static MCSession *mc_current;
@@ -507,44 +529,105 @@ static bool mc_primary_should_stop(MCSession *mc, MigrationState *s)
 }
 
 /*
+ * Bytes the next checkpoint would carry if taken now: the pages dirty
+ * now and what the participants (disks) hold.  No mc->lock: it takes the
+ * BQL.
+ */
+static size_t mc_primary_backlog(void)
+{
+    return mc_dirty_estimate() * qemu_target_page_size() +
+           mc_participants_backlog();
+}
+
+/*
+ * The guest dirtied @bytes in @us of running.  Keep the highest rate
+ * seen lately, decaying by a tenth per sample: only an underestimate is
+ * dangerous (the next look comes too late), and a single sample just
+ * after the vCPUs went on may well be low.
+ */
+static void mc_primary_note_rate(MCSession *mc, size_t bytes, int64_t us)
+{
+    if (us > 0) {
+        mc->dirty_rate = MAX((double)bytes / us, mc->dirty_rate * 0.9);
+    }
+}
+
+/*
+ * When to look at the dirty set again, in microseconds from now: after
+ * @poll, or sooner if at the rate the guest dirtied memory lately it
+ * would reach @half (half the free staging) before that: a guest that
+ * dirties fast fills a small buffer in less than a poll period.  Not
+ * sooner than 1 ms.  @bytes are dirty now.
+ */
+static int64_t mc_primary_next_poll(MCSession *mc, size_t bytes, size_t half,
+                                    int64_t poll)
+{
+    double to_half;
+
+    /*
+     * The first epoch (the rate is not known yet), and while the guest
+     * dirties fast enough to need early checkpoints or the throttle: its
+     * dirtying comes in bursts that no average predicts.
+     */
+    if (mc->dirty_rate <= 0 || mc->last_early || mc->throttle_pct) {
+        return 1000;
+    }
+    if (bytes >= half) {
+        return poll;
+    }
+    /* half of the time it would take: a rate that grows is caught too */
+    to_half = (half - bytes) / mc->dirty_rate / 2;
+    return MAX(MIN(to_half, poll), 1000);
+}
+
+/* The free part of the staging buffer for the next checkpoint. */
+static size_t mc_primary_free(MCSession *mc)
+{
+    size_t base, limit;
+
+    qemu_mutex_lock(&mc->lock);
+    mc_ring_region(mc, &base, &limit);
+    /* the ring may empty before the checkpoint is taken */
+    if (!mc->ring_count) {
+        base = 0;
+        limit = mc->staging->capacity;
+    }
+    qemu_mutex_unlock(&mc->lock);
+    return limit - base;
+}
+
+/*
  * Wait until the next checkpoint is due: mc-delay after the start of the
- * last one, or earlier when the dirty data nears the staging buffer.
- * Returns false when MC must stop instead.
+ * last one, or earlier when the dirty data nears half of the free
+ * staging buffer.  Returns false when MC must stop instead.
  */
 static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
                                   int64_t epoch_start_us, bool *early)
 {
-    int64_t next_poll = 0;
+    /*
+     * Poll the dirty set a few times per epoch, every 5 to 20 ms, or
+     * sooner when it grows fast (mc_primary_next_poll): a long epoch
+     * must still notice a burst (disk writes arrive at the host's disk
+     * speed) before it outgrows the staging.  Not more often: ACKs wake
+     * this loop, and a poll syncs the dirty log under the BQL.
+     */
+    int64_t poll = MIN(MAX(migrate_mc_delay() * 1000LL / 8, 5000), 20000);
+    int64_t next_poll = epoch_start_us +
+        mc_primary_next_poll(mc, 0, mc_primary_free(mc) / 2, poll);
 
     *early = false;
     for (;;) {
-        int64_t delay_us = migrate_mc_delay() * 1000LL;
-        /*
-         * Poll the dirty set a few times per epoch, every 5 to 20 ms:
-         * a long epoch must still notice a burst (disk writes arrive
-         * at the host's disk speed) before it outgrows the staging.
-         * Not more often: ACKs wake this loop, and a poll syncs the
-         * dirty log under the BQL.
-         */
-        int64_t poll = MIN(MAX(delay_us / 8, 5000), 20000);
-        int64_t due = epoch_start_us + delay_us, now = mc_now_us();
-        size_t base, limit;
+        int64_t due = epoch_start_us + migrate_mc_delay() * 1000LL;
+        int64_t now = mc_now_us();
+        size_t bytes, half;
         bool stop;
 
-        if (!next_poll) {
-            next_poll = epoch_start_us + poll;
-        }
         qemu_mutex_lock(&mc->lock);
         if (!mc_primary_should_stop(mc, s) && now < due) {
             qemu_cond_timedwait(&mc->cond, &mc->lock,
                                 MAX((MIN(due, next_poll) - now) / 1000, 1));
         }
         stop = mc_primary_should_stop(mc, s);
-        /* with checkpoints in flight, less than the whole buffer is free */
-        mc_ring_region(mc, &base, &limit);
-        if (!mc->ring_count) {
-            limit = mc->staging->capacity;
-        }
         qemu_mutex_unlock(&mc->lock);
         if (stop) {
             return false;
@@ -556,12 +639,15 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         if (now < next_poll) {
             continue;
         }
-        next_poll = now + poll;
-        if (mc_dirty_estimate() * qemu_target_page_size() +
-            mc_participants_backlog() > (limit - base) / 2) {
+        bytes = mc_primary_backlog();
+        half = mc_primary_free(mc) / 2;
+        if (bytes > half) {
             *early = true;
             return true;
         }
+        mc_primary_note_rate(mc, bytes, now - epoch_start_us);
+        next_poll = now + mc_primary_next_poll(mc, bytes, half, poll);
+        trace_mc_primary_poll(bytes, half, next_poll - now);
     }
 }
 
@@ -600,12 +686,142 @@ static bool mc_guest_pause(void)
     return true;
 }
 
-static void mc_guest_resume(void)
+/*
+ * End the pause.  With @hold_vcpus the VM runs again (run state, clock,
+ * devices) but its vCPUs stay stopped: the throttle lets them go later
+ * (mc_primary_throttle_hold).
+ */
+static void mc_guest_resume(bool hold_vcpus)
 {
     cpu_enable_ticks();
     runstate_set(RUN_STATE_RUNNING);
     vm_state_notify(true, RUN_STATE_RUNNING);
-    resume_all_vcpus();
+    if (!hold_vcpus) {
+        resume_all_vcpus();
+    }
+}
+
+/* The throttle held the vCPUs: let them go, unless the VM was stopped. */
+static void mc_guest_release_vcpus(MCSession *mc)
+{
+    if (!mc->vcpus_held) {
+        return;
+    }
+    bql_lock();
+    /* A "stop" or a reset while they were held stays in force */
+    if (runstate_is_running()) {
+        resume_all_vcpus();
+    }
+    bql_unlock();
+    mc->vcpus_held = false;
+}
+
+/*
+ * The checkpoint being taken does not fit beside those in flight: keep
+ * the guest paused until the standby has acknowledged all of them, then
+ * move what is written so far to the start of the buffer and go on.
+ * The guest pauses longer, but stays protected.  Only a checkpoint
+ * larger than the whole buffer fails (and the throttle is there to
+ * keep the guest from dirtying that much in one epoch).
+ *
+ * Called from a staging write inside the pause: migration thread, BQL
+ * held.  ACKs arrive on the rx thread, which needs no BQL; a standby
+ * that stops answering is declared lost by the heartbeat thread, which
+ * ends the wait.  migrate_cancel and mc-failover wait for the BQL.
+ */
+static bool mc_primary_make_room(MCStaging *st, size_t len, void *opaque)
+{
+    MCSession *mc = opaque;
+    int64_t start = mc_now_us();
+    bool empty;
+
+    if ((st->base == 0 && st->limit == st->capacity) ||
+        len > st->capacity - st->used) {
+        return false;
+    }
+    qemu_mutex_lock(&mc->lock);
+    while (mc->ring_count && !mc->lost && !mc->tx_stop) {
+        qemu_cond_wait(&mc->cond, &mc->lock);
+    }
+    empty = !mc->ring_count;
+    if (empty) {
+        mc->stats.room_waits++;
+    }
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_primary_room_wait(st->used, len, mc_now_us() - start, empty);
+    if (!empty) {
+        return false;
+    }
+    mc_staging_move(st, 0, st->capacity);
+    mc->room_waited = true;
+    return true;
+}
+
+/*
+ * Slow the guest down while it dirties memory faster than the standby
+ * takes checkpoints in, with auto-converge's parameters: a checkpoint
+ * taken before there was room for it (mc_primary_wait_room) or that
+ * waited for room in the pause raises the throttle; MC_THROTTLE_CALM
+ * checkpoints in a row that did neither lower it.  A large checkpoint
+ * alone does not: taking checkpoints earlier is the answer to a fast
+ * dirtying rate (mc_primary_next_poll), the throttle to a rate the link
+ * or the standby cannot keep up with.  Migration thread, after the
+ * pause.
+ */
+static void mc_primary_throttle(MCSession *mc, size_t bytes)
+{
+    int pct = mc->throttle_pct, old = pct;
+
+    if (mc->room_waited || mc->room_short) {
+        pct = pct ? MIN(pct + migrate_cpu_throttle_increment(),
+                        migrate_max_cpu_throttle()) :
+                    migrate_cpu_throttle_initial();
+        mc->throttle_calm = 0;
+    } else if (pct && ++mc->throttle_calm >= MC_THROTTLE_CALM) {
+        pct = MAX(pct - migrate_cpu_throttle_increment(), 0);
+        mc->throttle_calm = 0;
+    }
+    mc->room_waited = mc->room_short = false;
+    if (pct != old) {
+        trace_mc_primary_throttle(old, pct, bytes);
+    }
+    mc->throttle_pct = pct;
+    qemu_mutex_lock(&mc->lock);
+    mc->stats.throttle_percentage = pct;
+    mc->stats.throttle_max_percentage =
+        MAX(mc->stats.throttle_max_percentage, pct);
+    qemu_mutex_unlock(&mc->lock);
+}
+
+/*
+ * The throttle itself.  Upstream's (cpu-throttle.c) puts each vCPU to
+ * sleep in a work item, which ends as soon as the vCPU is asked to stop:
+ * under MC that is every checkpoint, so it hardly slows the guest.
+ * Instead the vCPUs stay stopped after the pause (mc_guest_resume) for
+ * pct / (100 - pct) of the time they ran in the epoch, while the
+ * checkpoint is already on its way; then they go on, unless the VM was
+ * stopped meanwhile.  When MC is to stop, they are left to the end of
+ * mc_primary_run (migrate_cancel may hold the BQL until MC has told the
+ * standby).  Migration thread, no BQL.
+ */
+static void mc_primary_throttle_hold(MCSession *mc, MigrationState *s,
+                                     int64_t ran_us)
+{
+    int64_t hold_us = MIN(ran_us * mc->throttle_pct /
+                          (100 - mc->throttle_pct), MC_THROTTLE_MAX_HOLD_US);
+    int64_t until = mc_now_us() + hold_us;
+    bool stop;
+
+    qemu_mutex_lock(&mc->lock);
+    while (!(stop = mc_primary_should_stop(mc, s)) && mc_now_us() < until) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock,
+                            MAX((until - mc_now_us()) / 1000, 1));
+    }
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_primary_throttle_hold(mc->throttle_pct, ran_us, hold_us);
+    if (!stop) {
+        mc_guest_release_vcpus(mc);
+    }
 }
 
 /*
@@ -644,8 +860,10 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
         ret = qemu_file_get_error(mc->sfile);
     }
     mc_participants_resume();
+    mc->vcpus_held = running && mc->throttle_pct && !ret;
+    mc->pause_start_us = start;
     if (running) {
-        mc_guest_resume();
+        mc_guest_resume(mc->vcpus_held);
     }
     pause = mc_now_us() - start;
 
@@ -653,6 +871,7 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
             stat64_get(&mig_stats.zero_pages) - pages;
     qemu_mutex_lock(&mc->lock);
     mc->stats.checkpoints++;
+    mc->stats.throttled_checkpoints += mc->throttle_pct > 0;
     mc->stats.pause_last_us = pause;
     mc->stats.pause_max_us = MAX(mc->stats.pause_max_us, pause);
     mc->pause_total_us += pause;
@@ -665,8 +884,8 @@ static int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
 
     if (mc->staging->overflow) {
         error_setg(errp, "MC: checkpoint %" PRIu64 " does not fit in "
-                   "mc-max-buffer-size (%zu bytes, %zu of them free)", epoch,
-                   mc->staging->capacity, limit - base);
+                   "mc-max-buffer-size (%zu bytes)", epoch,
+                   mc->staging->capacity);
         return -ENOSPC;
     }
     if (ret) {
@@ -766,31 +985,25 @@ static void mc_primary_tx_stop(MCSession *mc)
 }
 
 /*
- * Room the next checkpoint needs: one and a half times what is dirty now
+ * Wait until the staging buffer has room for the next checkpoint and a
+ * slot is free.  Room needed: one and a half times what is dirty now
  * plus 1 MiB, at least half the buffer (the early checkpoint keeps an
  * epoch below half of what is free when it starts), all of it (nothing
- * in flight) for a large dirty set.  No mc->lock: it takes the BQL.
- */
-static size_t mc_primary_room_needed(MCSession *mc)
-{
-    size_t cap = mc->staging->capacity;
-    size_t need = (mc_dirty_estimate() * qemu_target_page_size() +
-                   mc_participants_backlog()) / 2 * 3 + MiB;
-
-    return MIN(MAX(need, cap / 2), cap);
-}
-
-/*
- * Wait until the staging buffer has room for the next checkpoint and a
- * slot is free.  The dirty set grows while this waits for ACKs, so what
- * is needed is estimated again after each.  Returns the part to use, or
- * false when MC must stop.
+ * in flight) for a large dirty set.  The dirty set grows while this
+ * waits for ACKs, so it is estimated again every few milliseconds; once
+ * it reaches half the buffer the guest dirties faster than the standby
+ * acknowledges, and the checkpoint is taken at once: it waits for room
+ * with the guest paused (mc_primary_make_room), before the dirty set
+ * outgrows the whole buffer.  Returns the part to use, or false when MC
+ * must stop.
  */
 static bool mc_primary_wait_room(MCSession *mc, MigrationState *s,
                                  size_t *base, size_t *limit)
 {
+    size_t cap = mc->staging->capacity;
+
     for (;;) {
-        size_t need = 0;
+        size_t need = 0, dirty = 0;
         bool stop, ok;
 
         /*
@@ -803,15 +1016,24 @@ static bool mc_primary_wait_room(MCSession *mc, MigrationState *s,
         ok = stop || !mc->ring_count;
         qemu_mutex_unlock(&mc->lock);
         if (!ok) {
-            need = mc_primary_room_needed(mc);
+            dirty = mc_primary_backlog();
+            need = MIN(MAX(dirty / 2 * 3 + MiB, cap / 2), cap);
         }
         qemu_mutex_lock(&mc->lock);
         stop = mc_primary_should_stop(mc, s);
         mc_ring_region(mc, base, limit);
         ok = stop || !mc->ring_count ||
              (mc->ring_count < MC_RING_SLOTS && *limit - *base >= need);
+        if (!ok && dirty >= cap / 2) {
+            ok = true;
+            mc->room_short = true;      /* for the throttle */
+        }
         if (!ok) {
-            qemu_cond_wait(&mc->cond, &mc->lock);
+            int64_t next = mc_primary_next_poll(mc, dirty, cap / 2,
+                                                MC_ROOM_POLL_US);
+
+            trace_mc_primary_poll(dirty, cap / 2, next);
+            qemu_cond_timedwait(&mc->cond, &mc->lock, next / 1000);
         }
         qemu_mutex_unlock(&mc->lock);
         if (stop) {
@@ -884,6 +1106,16 @@ static void mc_primary_tell_stop(MCSession *mc, uint32_t why)
     trace_mc_primary_tell_stop(why, done == sizeof(hdr));
 }
 
+/* End of the initial downtime: the guest runs from here on. */
+static void mc_guest_start(MigrationState *s)
+{
+    if (runstate_is_live(s->vm_old_state)) {
+        vm_start();
+    } else if (runstate_check(RUN_STATE_FINISH_MIGRATE)) {
+        runstate_set(s->vm_old_state);
+    }
+}
+
 /*
  * The never-ending migration.  Called on the migration thread with the
  * BQL held, right after precopy completed into state "mc" with the VM
@@ -899,6 +1131,8 @@ void mc_primary_run(MigrationState *s)
     MCLossReason reason;
     bool lost, cancelled, requested;
     MigrationStatus end_state;
+    bool ready;
+    int pct;
 
     mc = mc_session_new(MC_ROLE_PRIMARY, ioc, &err);
     /* Hold guest output from the first instruction the guest runs in MC */
@@ -908,6 +1142,18 @@ void mc_primary_run(MigrationState *s)
     }
     if (mc) {
         mc_current = mc;
+        /*
+         * MC owns the vCPU throttle from here.  A guest that precopy had
+         * to throttle starts MC throttled as much (MC lowers it once its
+         * checkpoints are small); auto-converge's timer, which syncs the
+         * dirty log while the guest runs, ends.
+         */
+        pct = cpu_throttle_get_percentage();
+        cpu_throttle_stop();
+        mc->throttle_pct = pct;
+        mc->stats.throttle_percentage = pct;
+        mc->stats.throttle_max_percentage = pct;
+        mc_staging_set_room_fn(mc->staging, mc_primary_make_room, mc);
         qio_channel_set_blocking(ioc, true, NULL);
         /* small ACKs and heartbeats must not wait for delayed ACKs */
         qio_channel_set_delay(ioc, false);
@@ -916,13 +1162,8 @@ void mc_primary_run(MigrationState *s)
         mc->rx_started = true;
     }
 
-    /* End of the initial downtime: the guest runs from here on. */
-    if (runstate_is_live(s->vm_old_state)) {
-        vm_start();
-    } else if (runstate_check(RUN_STATE_FINISH_MIGRATE)) {
-        runstate_set(s->vm_old_state);
-    }
     if (!mc) {
+        mc_guest_start(s);
         migrate_set_error(s, err);
         error_report_err(err);
         migrate_set_state(&s->state, MIGRATION_STATUS_MC,
@@ -932,7 +1173,16 @@ void mc_primary_run(MigrationState *s)
     bql_unlock();
 
     trace_mc_primary_start(mc->staging->capacity);
-    if (mc_primary_wait_ready(mc, s)) {
+    /*
+     * The guest stays paused until the standby has loaded the initial
+     * state: all it dirtied meanwhile would be in the first checkpoint,
+     * which must fit in the staging buffer like any other.
+     */
+    ready = mc_primary_wait_ready(mc, s);
+    bql_lock();
+    mc_guest_start(s);
+    bql_unlock();
+    if (ready) {
         int64_t start = mc_now_us();
 
         qemu_thread_create(&mc->hb_thread, "mc-hb", mc_hb_thread, mc,
@@ -942,6 +1192,7 @@ void mc_primary_run(MigrationState *s)
         qemu_thread_create(&mc->tx_thread, "mc-tx", mc_primary_tx_thread,
                            mc, QEMU_THREAD_JOINABLE);
         mc->tx_started = true;
+        mc->run_start_us = start;
         /* The next epoch begins as soon as the pause ends */
         for (;;) {
             int64_t pause_end;
@@ -960,12 +1211,14 @@ void mc_primary_run(MigrationState *s)
                 bql_unlock();
                 break;
             }
+            mc_primary_throttle(mc, mc->staging->used);
             bql_unlock();
             pause_end = mc_now_us();
             qemu_mutex_lock(&mc->lock);
             mc->ring[(mc->ring_first + mc->ring_count) % MC_RING_SLOTS] =
                 (MCSlot) {
-                    .epoch = epoch, .offset = base,
+                    /* the checkpoint may have moved (make_room) */
+                    .epoch = epoch, .offset = mc->staging->base,
                     .len = mc->staging->used, .pause_end_us = pause_end,
                 };
             mc->ring_count++;
@@ -974,10 +1227,19 @@ void mc_primary_run(MigrationState *s)
             mc->stats.in_flight_max = MAX(mc->stats.in_flight_max,
                                           mc->ring_count);
             mc->stats.early_checkpoints += early;
+            mc->last_early = early;
             mc->stats.epoch_ms = (pause_end - start) / 1000;
             qemu_cond_broadcast(&mc->cond);
             qemu_mutex_unlock(&mc->lock);
             start = pause_end;
+            mc_primary_note_rate(mc, mc->staging->used,
+                                 mc->pause_start_us - mc->run_start_us);
+            if (mc->vcpus_held) {
+                mc_primary_throttle_hold(mc, s,
+                                         mc->pause_start_us - mc->run_start_us);
+                start = mc_now_us();
+            }
+            mc->run_start_us = start;
         }
     } else {
         qemu_mutex_lock(&mc->lock);
@@ -1002,6 +1264,13 @@ void mc_primary_run(MigrationState *s)
     lost = mc->lost;
     reason = mc->loss_reason;
     qemu_mutex_unlock(&mc->lock);
+    /*
+     * The guest runs on while management decides (manual policy); on
+     * migrate_cancel, which may hold the BQL meanwhile, only at the end.
+     */
+    if (!cancelled) {
+        mc_guest_release_vcpus(mc);
+    }
 
     if (lost && !cancelled &&
         migrate_mc_failover_policy() == MC_FAILOVER_POLICY_MANUAL) {
@@ -1029,8 +1298,11 @@ void mc_primary_run(MigrationState *s)
     qemu_mutex_unlock(&mc->lock);
     mc_threads_stop(mc);
 
+    mc_guest_release_vcpus(mc);
     bql_lock();
     mc_current = NULL;
+    /* The guest runs at full speed again (the vCPUs are not held here) */
+    mc->stats.throttle_percentage = 0;
     /* Unprotected from here on: what the guest sent may go out now */
     mc_participants_stop();
     if (cancelled) {
@@ -1532,6 +1804,11 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
     monitor_printf(mon, "net hold: avg %" PRIu64 " us, max %" PRIu64
                    " us, throttled %" PRIu64 " times\n",
                    m->net_hold_avg_us, m->net_hold_max_us, m->net_throttled);
+    monitor_printf(mon, "vCPU throttle: %" PRIu64 "%% now, %" PRIu64
+                   "%% at most, %" PRIu64 " checkpoints throttled; %" PRIu64
+                   " waited for room\n", m->throttle_percentage,
+                   m->throttle_max_percentage, m->throttled_checkpoints,
+                   m->room_waits);
     g_free(m);
 }
 

@@ -225,7 +225,10 @@ class Pair:
         deadline = time.time() + 60
         while self.mc()['acked'] < 3:
             if time.time() > deadline:
-                raise TimeoutError('no checkpoints acknowledged')
+                raise TimeoutError('no checkpoints acknowledged: primary %s; '
+                                   'standby %s' % (
+                                       self.primary.qmp.cmd('query-migrate'),
+                                       self.standby.qmp.cmd('query-migrate')))
             time.sleep(0.1)
 
     def mc(self, vm=None):
