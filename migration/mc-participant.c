@@ -1,10 +1,11 @@
 /*
  * Micro-checkpointing (MC): the checkpoint participants.
  *
- * The MC loop (mc.c) knows participants only through MCParticipant
- * (mc.h): output commit holds guest network output per epoch, disk
- * replication carries the disk writes of each epoch.  This file lists
- * them and calls their hooks in order (and stops in reverse order).
+ * The MC loop (mc-primary.c, mc-checkpoint.c, mc-standby.c) knows
+ * participants only through MCParticipant (mc.h): output commit holds
+ * guest network output per epoch, disk replication carries the disk
+ * writes of each epoch.  This file lists them and calls their hooks in
+ * order (and stops in reverse order).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

@@ -66,7 +66,7 @@ void mc_hmp_info_params(Monitor *mon, const MigrationParameters *params);
 bool mc_hmp_parse_parameter(int param, Visitor *v, MigrateSetParameters *p,
                             Error **errp);
 
-/* The checkpoint loop and the standby (mc.c) */
+/* The checkpoint loop and the standby (mc-primary.c, mc-standby.c) */
 bool migration_in_mc_state(void);
 void mc_primary_run(MigrationState *s);
 bool mc_primary_cancel(MigrationStatus old_state);

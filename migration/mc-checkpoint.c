@@ -1,0 +1,281 @@
+/*
+ * Micro-checkpointing (MC): taking one checkpoint, on the primary.
+ *
+ * mc_checkpoint_take(): the light pause (vCPUs and devices stopped, no
+ * run-state change or event), the participants' barrier (output and
+ * disk writes from here on belong to the next epoch), dirty RAM, disk
+ * areas and the device state copied into the staging buffer, and the
+ * guest let go.  A checkpoint that does not fit beside those in flight
+ * waits for room with the guest paused (mc_primary_make_room).  A guest
+ * that dirties faster than the standby takes checkpoints in is slowed
+ * down (mc_primary_throttle, mc_primary_throttle_hold).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/main-loop.h"
+#include "qapi/error.h"
+#include "migration/global_state.h"
+#include "system/cpus.h"
+#include "system/cpu-timers.h"
+#include "system/runstate.h"
+#include "migration.h"
+#include "migration-stats.h"
+#include "options.h"
+#include "qemu-file.h"
+#include "savevm.h"
+#include "mc-session.h"
+#include "trace.h"
+
+/*
+ * The vCPU throttle comes down one step after this many checkpoints in
+ * a row found room in the staging buffer.
+ */
+#define MC_THROTTLE_CALM        8
+/* The longest the throttle holds the vCPUs after one checkpoint */
+#define MC_THROTTLE_MAX_HOLD_US (1000 * 1000)
+
+/*
+ * The light pause: vm_stop() without its STOP event and its block flush.
+ * Management sees nothing per checkpoint: no event, and a run state
+ * (finish-migrate) that only exists while the BQL is held, but for the
+ * moments the vCPUs need to stop.  The devices' state-change handlers
+ * still run: they are what stops device emulation that runs in the main
+ * loop, and the main loop does run inside the pause, in every aio_poll()
+ * (block reads, the drain) and wherever the BQL is dropped (the TCG
+ * dirty-log sync waits for the vCPUs).  Without them virtio-net's
+ * transmit bottom half consumed descriptors after the output barrier:
+ * checkpoint N had the descriptor consumed and the packet was tagged
+ * N + 1, so a failover at N lost it (TCP stalls of seconds).  The block
+ * layer stays drained for the pause (disk participant); the virtual
+ * clock stops with the vCPUs, so saved timers match the saved clock.
+ */
+static bool mc_guest_pause(void)
+{
+    if (!runstate_is_running()) {
+        return false;
+    }
+    cpu_disable_ticks();
+    pause_all_vcpus();
+    /*
+     * It drops the BQL while it waits: a "stop" may have run meanwhile,
+     * and then the VM stays stopped.  Past this point the BQL is held
+     * until mc_guest_resume() (patches/tcg-dirty-sync-stopped-vcpus).
+     */
+    if (!runstate_is_running()) {
+        return false;
+    }
+    runstate_set(RUN_STATE_FINISH_MIGRATE);
+    vm_state_notify(false, RUN_STATE_FINISH_MIGRATE);
+    return true;
+}
+
+/*
+ * End the pause.  With @hold_vcpus the VM runs again (run state, clock,
+ * devices) but its vCPUs stay stopped: the throttle lets them go later
+ * (mc_primary_throttle_hold).
+ */
+static void mc_guest_resume(bool hold_vcpus)
+{
+    cpu_enable_ticks();
+    runstate_set(RUN_STATE_RUNNING);
+    vm_state_notify(true, RUN_STATE_RUNNING);
+    if (!hold_vcpus) {
+        resume_all_vcpus();
+    }
+}
+
+/* The throttle held the vCPUs: let them go, unless the VM was stopped. */
+void mc_guest_release_vcpus(MCSession *mc)
+{
+    if (!mc->vcpus_held) {
+        return;
+    }
+    bql_lock();
+    /* A "stop" or a reset while they were held stays in force */
+    if (runstate_is_running()) {
+        resume_all_vcpus();
+    }
+    bql_unlock();
+    mc->vcpus_held = false;
+}
+
+/*
+ * The checkpoint being taken does not fit beside those in flight: keep
+ * the guest paused until the standby has acknowledged all of them, then
+ * move what is written so far to the start of the buffer and go on.
+ * The guest pauses longer, but stays protected.  Only a checkpoint
+ * larger than the whole buffer fails (and the throttle is there to
+ * keep the guest from dirtying that much in one epoch).
+ *
+ * Called from a staging write inside the pause: migration thread, BQL
+ * held.  ACKs arrive on the rx thread, which needs no BQL; a standby
+ * that stops answering is declared lost by the heartbeat thread, which
+ * ends the wait.  migrate_cancel and mc-failover wait for the BQL.
+ */
+bool mc_primary_make_room(MCStaging *st, size_t len, void *opaque)
+{
+    MCSession *mc = opaque;
+    int64_t start = mc_now_us();
+    bool empty;
+
+    if ((st->base == 0 && st->limit == st->capacity) ||
+        len > st->capacity - st->used) {
+        return false;
+    }
+    qemu_mutex_lock(&mc->lock);
+    while (mc->ring_count && !mc->lost && !mc->tx_stop) {
+        qemu_cond_wait(&mc->cond, &mc->lock);
+    }
+    empty = !mc->ring_count;
+    if (empty) {
+        mc->stats.room_waits++;
+    }
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_primary_room_wait(st->used, len, mc_now_us() - start, empty);
+    if (!empty) {
+        return false;
+    }
+    mc_staging_move(st, 0, st->capacity);
+    mc->room_waited = true;
+    return true;
+}
+
+/*
+ * Slow the guest down while it dirties memory faster than the standby
+ * takes checkpoints in, with auto-converge's parameters: a checkpoint
+ * taken before there was room for it (mc_primary_wait_room) or that
+ * waited for room in the pause raises the throttle; MC_THROTTLE_CALM
+ * checkpoints in a row that did neither lower it.  A large checkpoint
+ * alone does not: taking checkpoints earlier is the answer to a fast
+ * dirtying rate (mc_primary_next_poll), the throttle to a rate the link
+ * or the standby cannot keep up with.  Migration thread, after the
+ * pause.
+ */
+void mc_primary_throttle(MCSession *mc, size_t bytes)
+{
+    int pct = mc->throttle_pct, old = pct;
+
+    if (mc->room_waited || mc->room_short) {
+        pct = pct ? MIN(pct + migrate_cpu_throttle_increment(),
+                        migrate_max_cpu_throttle()) :
+                    migrate_cpu_throttle_initial();
+        mc->throttle_calm = 0;
+    } else if (pct && ++mc->throttle_calm >= MC_THROTTLE_CALM) {
+        pct = MAX(pct - migrate_cpu_throttle_increment(), 0);
+        mc->throttle_calm = 0;
+    }
+    mc->room_waited = mc->room_short = false;
+    if (pct != old) {
+        trace_mc_primary_throttle(old, pct, bytes);
+    }
+    mc->throttle_pct = pct;
+    qemu_mutex_lock(&mc->lock);
+    mc->stats.throttle_percentage = pct;
+    mc->stats.throttle_max_percentage =
+        MAX(mc->stats.throttle_max_percentage, pct);
+    qemu_mutex_unlock(&mc->lock);
+}
+
+/*
+ * The throttle itself.  Upstream's (cpu-throttle.c) puts each vCPU to
+ * sleep in a work item, which ends as soon as the vCPU is asked to stop:
+ * under MC that is every checkpoint, so it hardly slows the guest.
+ * Instead the vCPUs stay stopped after the pause (mc_guest_resume) for
+ * pct / (100 - pct) of the time they ran in the epoch, while the
+ * checkpoint is already on its way; then they go on, unless the VM was
+ * stopped meanwhile.  When MC is to stop, they are left to the end of
+ * mc_primary_run (migrate_cancel may hold the BQL until MC has told the
+ * standby).  Migration thread, no BQL.
+ */
+void mc_primary_throttle_hold(MCSession *mc, MigrationState *s,
+                              int64_t ran_us)
+{
+    int64_t hold_us = MIN(ran_us * mc->throttle_pct /
+                          (100 - mc->throttle_pct), MC_THROTTLE_MAX_HOLD_US);
+    int64_t until = mc_now_us() + hold_us;
+    bool stop;
+
+    qemu_mutex_lock(&mc->lock);
+    while (!(stop = mc_primary_should_stop(mc, s)) && mc_now_us() < until) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock,
+                            MAX((until - mc_now_us()) / 1000, 1));
+    }
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_primary_throttle_hold(mc->throttle_pct, ran_us, hold_us);
+    if (!stop) {
+        mc_guest_release_vcpus(mc);
+    }
+}
+
+/*
+ * Take checkpoint @epoch: pause the VM, copy its dirty RAM and its device
+ * state into the staging buffer, resume it.  No network I/O happens while
+ * the VM is paused.  Called with the BQL (the TCG dirty-log sync needs it).
+ */
+int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
+                       size_t limit, Error **errp)
+{
+    size_t devices_at;
+    bool running;
+    uint64_t pages = stat64_get(&mig_stats.normal_pages) +
+                     stat64_get(&mig_stats.zero_pages);
+    int64_t start = mc_now_us(), pause;
+    int ret;
+
+    /* The standby resumes the guest in the run state saved here. */
+    global_state_store();
+    mc_participants_pause();
+    running = mc_guest_pause();
+    /* What the guest does from now on belongs to the next checkpoint */
+    mc_participants_checkpoint(epoch);
+
+    mc_staging_rewind_at(mc->staging, base, limit);
+    ram_mc_begin_checkpoint(mc->sfile);
+    qemu_savevm_live_state(mc->sfile);
+    /* Copies the pending iovecs that point at guest RAM: must be paused */
+    qemu_fflush(mc->sfile);
+    devices_at = mc->staging->used;     /* from the checkpoint's start */
+    ret = qemu_save_device_state(mc->sfile);
+    /* The trailer: where the device state begins (see mc_checkpoint_apply) */
+    qemu_put_be64(mc->sfile, devices_at);
+    qemu_fflush(mc->sfile);
+    if (!ret) {
+        ret = qemu_file_get_error(mc->sfile);
+    }
+    mc_participants_resume();
+    mc->vcpus_held = running && mc->throttle_pct && !ret;
+    mc->pause_start_us = start;
+    if (running) {
+        mc_guest_resume(mc->vcpus_held);
+    }
+    pause = mc_now_us() - start;
+
+    pages = stat64_get(&mig_stats.normal_pages) +
+            stat64_get(&mig_stats.zero_pages) - pages;
+    qemu_mutex_lock(&mc->lock);
+    mc->stats.checkpoints++;
+    mc->stats.throttled_checkpoints += mc->throttle_pct > 0;
+    mc->stats.pause_last_us = pause;
+    mc->stats.pause_max_us = MAX(mc->stats.pause_max_us, pause);
+    mc->pause_total_us += pause;
+    mc->stats.pause_avg_us = mc->pause_total_us / mc->stats.checkpoints;
+    mc->stats.dirty_pages_last = pages;
+    mc->stats.last_bytes = mc->staging->used;
+    mc->stats.staging_high_water = mc->staging->high_water;
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_checkpoint_take(epoch, pages, mc->staging->used, pause);
+
+    if (mc->staging->overflow) {
+        error_setg(errp, "MC: checkpoint %" PRIu64 " does not fit in "
+                   "mc-max-buffer-size (%zu bytes)", epoch,
+                   mc->staging->capacity);
+        return -ENOSPC;
+    }
+    if (ret) {
+        error_setg_errno(errp, -ret, "MC: saving checkpoint %" PRIu64
+                         " failed", epoch);
+    }
+    return ret;
+}

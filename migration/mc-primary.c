@@ -1,0 +1,813 @@
+/*
+ * Micro-checkpointing (MC): the primary.
+ *
+ * On the migration thread once precopy has brought the standby up to
+ * date (migration_iteration_finish, state "mc"), mc_primary_run() waits
+ * for the standby to be READY, then epoch after epoch waits until a
+ * checkpoint is due (mc_primary_wait_epoch) and there is room for it
+ * (mc_primary_wait_room), takes it (mc-checkpoint.c) and puts it in the
+ * ring.  The "mc-tx" thread sends the checkpoints in the ring, in order,
+ * without waiting for ACKs: up to MC_RING_SLOTS are in flight, each in
+ * its part of the staging buffer until the standby acknowledges it.
+ * The "mc-rx" thread takes the ACKs: it frees the ring and releases the
+ * output those checkpoints held back (mc_participants_commit).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/error-report.h"
+#include "qemu/main-loop.h"
+#include "qapi/error.h"
+#include "qapi/qapi-events-mc.h"
+#include "exec/target_page.h"
+#include "migration/misc.h"
+#include "system/cpu-throttle.h"
+#include "system/runstate.h"
+#include "migration.h"
+#include "options.h"
+#include "qemu-file.h"
+#include "mc-session.h"
+#include "trace.h"
+
+/* How many times the primary resends a checkpoint the standby refused. */
+#define MC_MAX_RESENDS          3
+/* How long the primary waits for the standby to load the initial state. */
+#define MC_READY_TIMEOUT_MS     60000
+/* How long migrate_cancel waits for the standby to be told */
+#define MC_CANCEL_WAIT_MS       1000
+/*
+ * At most this many checkpoints on the wire beyond the last ACK.  A
+ * standby that stops reading (stopped, or a broken link) must not find
+ * the socket full of checkpoints: STOP has to fit behind them, or the
+ * primary closes the channel and the standby, once it runs again,
+ * takes the close for a dead primary (test_net_cancel_releases).
+ */
+#define MC_SEND_AHEAD           2
+/* How often a primary waiting for room looks at the dirty set again */
+#define MC_ROOM_POLL_US         5000
+
+/* The slot of checkpoint @epoch, or NULL if not in flight.  mc->lock. */
+static MCSlot *mc_ring_find(MCSession *mc, uint64_t epoch)
+{
+    unsigned i;
+
+    for (i = 0; i < mc->ring_count; i++) {
+        MCSlot *sl = &mc->ring[(mc->ring_first + i) % MC_RING_SLOTS];
+
+        if (sl->epoch == epoch) {
+            return sl;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * The standby acknowledged every checkpoint up to @epoch (it applies
+ * them in order): free their parts of the staging buffer.  mc->lock.
+ */
+static void mc_ring_acked(MCSession *mc, uint64_t epoch)
+{
+    int64_t now = mc_now_us();
+
+    while (mc->ring_count && mc->ring[mc->ring_first].epoch <= epoch) {
+        MCSlot *sl = &mc->ring[mc->ring_first];
+        int64_t transfer = now - sl->pause_end_us;
+
+        mc->stats.acked++;
+        mc->stats.bytes += sl->len;
+        mc->stats.transfer_last_us = transfer;
+        mc->transfer_total_us += transfer;
+        mc->stats.transfer_avg_us = mc->transfer_total_us / mc->stats.acked;
+        trace_mc_checkpoint_acked(sl->epoch, transfer);
+        mc->ring_first = (mc->ring_first + 1) % MC_RING_SLOTS;
+        mc->ring_count--;
+    }
+    mc->acked_epoch = MAX(mc->acked_epoch, epoch);
+    mc->stats.last_acked_epoch = mc->acked_epoch;
+    mc->stats.in_flight = mc->ring_count;
+}
+
+/*
+ * The standby refused checkpoint @epoch.  A corrupt one is sent again,
+ * and every later one after it (go back N: the standby refuses those
+ * as out of order until it has the missing one, so their refusals need
+ * nothing more).  False when MC must end: the standby failed to apply
+ * a checkpoint, or refused one too often.  mc->lock.
+ */
+static bool mc_ring_refused(MCSession *mc, uint64_t epoch, uint32_t why)
+{
+    MCSlot *sl = mc_ring_find(mc, epoch);
+
+    mc->stats.refused++;
+    if (why == MC_NACK_APPLY_FAILED) {
+        error_report("MC: the standby failed to apply checkpoint %" PRIu64,
+                     epoch);
+        return false;
+    }
+    if (why != MC_NACK_CORRUPT || !sl) {
+        return true;
+    }
+    if (++sl->resends > MC_MAX_RESENDS) {
+        error_report("MC: the standby refused checkpoint %" PRIu64 " %d "
+                     "times", epoch, MC_MAX_RESENDS + 1);
+        return false;
+    }
+    warn_report("MC: the standby refused checkpoint %" PRIu64 " (corrupt), "
+                "sending it again", epoch);
+    if (!mc->resend_from || epoch < mc->resend_from) {
+        mc->resend_from = epoch;
+    }
+    return true;
+}
+
+/*
+ * The part of the staging buffer the next checkpoint may use: from the
+ * end of the newest checkpoint in flight to the start of the oldest, or
+ * to the end of the buffer (or from its start, if that is larger) when
+ * they do not wrap around.  mc->lock.
+ */
+static void mc_ring_region(MCSession *mc, size_t *base, size_t *limit)
+{
+    size_t cap = mc->staging->capacity;
+    MCSlot *first, *last;
+    size_t end;
+
+    if (!mc->ring_count) {
+        *base = 0;
+        *limit = cap;
+        return;
+    }
+    if (mc->ring_count == MC_RING_SLOTS) {
+        *base = *limit = 0;
+        return;
+    }
+    first = &mc->ring[mc->ring_first];
+    last = &mc->ring[(mc->ring_first + mc->ring_count - 1) % MC_RING_SLOTS];
+    end = last->offset + last->len;
+    if (last->offset < first->offset) {         /* wrapped */
+        *base = end;
+        *limit = first->offset;
+    } else if (cap - end >= first->offset) {
+        *base = end;
+        *limit = cap;
+    } else {
+        *base = 0;
+        *limit = first->offset;
+    }
+}
+
+/* Receives ACK, NACK, READY and heartbeats from the standby. */
+static void *mc_primary_rx_thread(void *opaque)
+{
+    MCSession *mc = opaque;
+
+    rcu_register_thread();
+    for (;;) {
+        MCWireHeader h;
+
+        if (!mc_recv_header(mc, 0, &h)) {
+            break;
+        }
+        qemu_mutex_lock(&mc->lock);
+        switch (h.type) {
+        case MC_MSG_READY:
+            mc->ready = true;
+            break;
+        case MC_MSG_ACK:
+            if (h.epoch > mc->taken_epoch) {
+                qemu_mutex_unlock(&mc->lock);
+                error_report("MC: the standby acknowledged checkpoint %"
+                             PRIu64 ", which was not sent", h.epoch);
+                mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+                goto out;
+            }
+            mc_ring_acked(mc, h.epoch);
+            qemu_cond_broadcast(&mc->cond);
+            qemu_mutex_unlock(&mc->lock);
+            /* output commit: what these epochs produced may now be seen */
+            mc_participants_commit(h.epoch);
+            continue;
+        case MC_MSG_NACK:
+            if (!mc_ring_refused(mc, h.epoch, h.flags)) {
+                qemu_mutex_unlock(&mc->lock);
+                mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+                goto out;
+            }
+            break;
+        case MC_MSG_STANDBY_HEARTBEAT:
+            break;
+        default:
+            qemu_mutex_unlock(&mc->lock);
+            error_report("MC: unexpected %s message from the standby",
+                         mc_msg_name(h.type));
+            mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+            goto out;
+        }
+        qemu_cond_broadcast(&mc->cond);
+        qemu_mutex_unlock(&mc->lock);
+    }
+out:
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/* Why the loop must stop, or false to go on.  Called with mc->lock. */
+bool mc_primary_should_stop(MCSession *mc, MigrationState *s)
+{
+    return mc->lost || mc->failover_requested || mc->cancel_requested ||
+           qatomic_read(&s->state) != MIGRATION_STATUS_MC;
+}
+
+/*
+ * Bytes the next checkpoint would carry if taken now: the pages dirty
+ * now and what the participants (disks) hold.  No mc->lock: it takes the
+ * BQL.
+ */
+static size_t mc_primary_backlog(void)
+{
+    return mc_dirty_estimate() * qemu_target_page_size() +
+           mc_participants_backlog();
+}
+
+/*
+ * The guest dirtied @bytes in @us of running.  Keep the highest rate
+ * seen lately, decaying by a tenth per sample: only an underestimate is
+ * dangerous (the next look comes too late), and a single sample just
+ * after the vCPUs went on may well be low.
+ */
+static void mc_primary_note_rate(MCSession *mc, size_t bytes, int64_t us)
+{
+    if (us > 0) {
+        mc->dirty_rate = MAX((double)bytes / us, mc->dirty_rate * 0.9);
+    }
+}
+
+/*
+ * When to look at the dirty set again, in microseconds from now: after
+ * @poll, or sooner if at the rate the guest dirtied memory lately it
+ * would reach @half (half the free staging) before that: a guest that
+ * dirties fast fills a small buffer in less than a poll period.  Not
+ * sooner than 1 ms.  @bytes are dirty now.
+ */
+static int64_t mc_primary_next_poll(MCSession *mc, size_t bytes, size_t half,
+                                    int64_t poll)
+{
+    double to_half;
+
+    /*
+     * The first epoch (the rate is not known yet), and while the guest
+     * dirties fast enough to need early checkpoints or the throttle: its
+     * dirtying comes in bursts that no average predicts.
+     */
+    if (mc->dirty_rate <= 0 || mc->last_early || mc->throttle_pct) {
+        return 1000;
+    }
+    if (bytes >= half) {
+        return poll;
+    }
+    /* half of the time it would take: a rate that grows is caught too */
+    to_half = (half - bytes) / mc->dirty_rate / 2;
+    return MAX(MIN(to_half, poll), 1000);
+}
+
+/* The free part of the staging buffer for the next checkpoint. */
+static size_t mc_primary_free(MCSession *mc)
+{
+    size_t base, limit;
+
+    qemu_mutex_lock(&mc->lock);
+    mc_ring_region(mc, &base, &limit);
+    /* the ring may empty before the checkpoint is taken */
+    if (!mc->ring_count) {
+        base = 0;
+        limit = mc->staging->capacity;
+    }
+    qemu_mutex_unlock(&mc->lock);
+    return limit - base;
+}
+
+/*
+ * Wait until the next checkpoint is due: mc-delay after the start of the
+ * last one, or earlier when the dirty data nears half of the free
+ * staging buffer.  Returns false when MC must stop instead.
+ */
+static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
+                                  int64_t epoch_start_us, bool *early)
+{
+    /*
+     * Poll the dirty set a few times per epoch, every 5 to 20 ms, or
+     * sooner when it grows fast (mc_primary_next_poll): a long epoch
+     * must still notice a burst (disk writes arrive at the host's disk
+     * speed) before it outgrows the staging.  Not more often: ACKs wake
+     * this loop, and a poll syncs the dirty log under the BQL.
+     */
+    int64_t poll = MIN(MAX(migrate_mc_delay() * 1000LL / 8, 5000), 20000);
+    int64_t next_poll = epoch_start_us +
+        mc_primary_next_poll(mc, 0, mc_primary_free(mc) / 2, poll);
+
+    *early = false;
+    for (;;) {
+        int64_t due = epoch_start_us + migrate_mc_delay() * 1000LL;
+        int64_t now = mc_now_us();
+        size_t bytes, half;
+        bool stop;
+
+        qemu_mutex_lock(&mc->lock);
+        if (!mc_primary_should_stop(mc, s) && now < due) {
+            qemu_cond_timedwait(&mc->cond, &mc->lock,
+                                MAX((MIN(due, next_poll) - now) / 1000, 1));
+        }
+        stop = mc_primary_should_stop(mc, s);
+        qemu_mutex_unlock(&mc->lock);
+        if (stop) {
+            return false;
+        }
+        now = mc_now_us();
+        if (now >= due) {
+            return true;
+        }
+        if (now < next_poll) {
+            continue;
+        }
+        bytes = mc_primary_backlog();
+        half = mc_primary_free(mc) / 2;
+        if (bytes > half) {
+            *early = true;
+            return true;
+        }
+        mc_primary_note_rate(mc, bytes, now - epoch_start_us);
+        next_poll = now + mc_primary_next_poll(mc, bytes, half, poll);
+        trace_mc_primary_poll(bytes, half, next_poll - now);
+    }
+}
+
+/*
+ * Sends the checkpoints in the ring, in epoch order, as soon as they
+ * are taken; goes back to a refused one (resend_from).  ACKs are the
+ * rx thread's business: several checkpoints may be unacknowledged.
+ */
+static void *mc_primary_tx_thread(void *opaque)
+{
+    MCSession *mc = opaque;
+
+    rcu_register_thread();
+    qemu_mutex_lock(&mc->lock);
+    for (;;) {
+        Error *err = NULL;
+        struct iovec iov;
+        uint64_t epoch;
+        MCSlot *sl;
+        int ret;
+
+        if (mc->resend_from) {
+            mc->send_next = mc->resend_from;
+            mc->resend_from = 0;
+        }
+        if (mc->tx_stop || mc->lost) {
+            break;
+        }
+        if (mc->send_next > mc->taken_epoch ||
+            mc->send_next > mc->acked_epoch + MC_SEND_AHEAD) {
+            qemu_cond_wait(&mc->cond, &mc->lock);
+            continue;
+        }
+        sl = mc_ring_find(mc, mc->send_next);
+        if (!sl) {
+            mc->send_next++;        /* acknowledged already */
+            continue;
+        }
+        epoch = sl->epoch;
+        iov.iov_base = mc->staging->data + sl->offset;
+        iov.iov_len = sl->len;
+        mc->tx_busy = true;
+        qemu_mutex_unlock(&mc->lock);
+        /* the slot stays in the ring: only its ACK frees it */
+        ret = mc_send(mc, MC_MSG_CHECKPOINT, 0, epoch, &iov, 1, &err);
+        qemu_mutex_lock(&mc->lock);
+        mc->tx_busy = false;
+        qemu_cond_broadcast(&mc->cond);
+        if (ret < 0) {
+            qemu_mutex_unlock(&mc->lock);
+            error_free(err);
+            mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+            qemu_mutex_lock(&mc->lock);
+            break;
+        }
+        if (mc->send_next == epoch) {
+            mc->send_next = epoch + 1;
+        }
+    }
+    qemu_mutex_unlock(&mc->lock);
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/*
+ * End the tx thread.  It may be blocked sending to a standby that does
+ * not read (stopped, or behind a broken link): after a heartbeat
+ * timeout the channel is shut down under it.
+ */
+static void mc_primary_tx_stop(MCSession *mc)
+{
+    int64_t deadline = mc_now_us() + migrate_mc_heartbeat_timeout() * 1000LL;
+    bool busy;
+
+    if (!mc->tx_started) {
+        return;
+    }
+    qemu_mutex_lock(&mc->lock);
+    mc->tx_stop = true;
+    qemu_cond_broadcast(&mc->cond);
+    while (mc->tx_busy && mc_now_us() < deadline) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock, 50);
+    }
+    busy = mc->tx_busy;
+    qemu_mutex_unlock(&mc->lock);
+    if (busy) {
+        qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    }
+    qemu_thread_join(&mc->tx_thread);
+    mc->tx_started = false;
+}
+
+/*
+ * Wait until the staging buffer has room for the next checkpoint and a
+ * slot is free.  Room needed: one and a half times what is dirty now
+ * plus 1 MiB, at least half the buffer (the early checkpoint keeps an
+ * epoch below half of what is free when it starts), all of it (nothing
+ * in flight) for a large dirty set.  The dirty set grows while this
+ * waits for ACKs, so it is estimated again every few milliseconds; once
+ * it reaches half the buffer the guest dirties faster than the standby
+ * acknowledges, and the checkpoint is taken at once: it waits for room
+ * with the guest paused (mc_primary_make_room), before the dirty set
+ * outgrows the whole buffer.  Returns the part to use, or false when MC
+ * must stop.
+ */
+static bool mc_primary_wait_room(MCSession *mc, MigrationState *s,
+                                 size_t *base, size_t *limit)
+{
+    size_t cap = mc->staging->capacity;
+
+    for (;;) {
+        size_t need = 0, dirty = 0;
+        bool stop, ok;
+
+        /*
+         * The estimate takes the BQL, which migrate_cancel holds while it
+         * waits for STOP to be sent: only when something is in flight,
+         * and never once MC is to stop.
+         */
+        qemu_mutex_lock(&mc->lock);
+        stop = mc_primary_should_stop(mc, s);
+        ok = stop || !mc->ring_count;
+        qemu_mutex_unlock(&mc->lock);
+        if (!ok) {
+            dirty = mc_primary_backlog();
+            need = MIN(MAX(dirty / 2 * 3 + MiB, cap / 2), cap);
+        }
+        qemu_mutex_lock(&mc->lock);
+        stop = mc_primary_should_stop(mc, s);
+        mc_ring_region(mc, base, limit);
+        ok = stop || !mc->ring_count ||
+             (mc->ring_count < MC_RING_SLOTS && *limit - *base >= need);
+        if (!ok && dirty >= cap / 2) {
+            ok = true;
+            mc->room_short = true;      /* for the throttle */
+        }
+        if (!ok) {
+            int64_t next = mc_primary_next_poll(mc, dirty, cap / 2,
+                                                MC_ROOM_POLL_US);
+
+            trace_mc_primary_poll(dirty, cap / 2, next);
+            qemu_cond_timedwait(&mc->cond, &mc->lock, next / 1000);
+        }
+        qemu_mutex_unlock(&mc->lock);
+        if (stop) {
+            return false;
+        }
+        if (ok) {
+            return true;
+        }
+    }
+}
+
+/*
+ * Wait for READY: the standby has loaded the initial state.  Receiving it
+ * refreshes last_rx_us, so the watchdog started next does not count the
+ * (possibly long) initial load as silence.
+ */
+static bool mc_primary_wait_ready(MCSession *mc, MigrationState *s)
+{
+    int64_t deadline = mc_now_us() + MC_READY_TIMEOUT_MS * 1000LL;
+    bool ready;
+
+    qemu_mutex_lock(&mc->lock);
+    while (!mc->ready && !mc_primary_should_stop(mc, s) &&
+           mc_now_us() < deadline) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock, 100);
+    }
+    ready = mc->ready;
+    qemu_mutex_unlock(&mc->lock);
+    return ready;
+}
+
+/*
+ * The primary leaves MC and runs on: tell the standby to stay stopped.
+ * When the standby is lost this is best effort and never blocks: a
+ * standby that cannot be reached is either dead or, behind a broken
+ * link, following the failover policy, which does not let it act on a
+ * heartbeat timeout alone (safe, manual).  On migrate_cancel the
+ * standby is alive, maybe just slow: keep trying to queue the message
+ * for up to a heartbeat timeout.  Closing the connection without it
+ * would look like a dead primary; once the timeout has passed, the
+ * standby has noticed a silence first, which it does not act on alone.
+ */
+static void mc_primary_tell_stop(MCSession *mc, uint32_t why)
+{
+    uint8_t hdr[MC_WIRE_HDR_SIZE];
+    MCWireHeader h = { .type = MC_MSG_STOP, .flags = why };
+    int64_t deadline = mc_now_us();
+    size_t done = 0;
+
+    if (why == MC_STOP_CANCEL) {
+        deadline += migrate_mc_heartbeat_timeout() * 1000LL;
+    }
+    mc_wire_encode(&h, hdr);
+    qio_channel_set_blocking(mc->ioc, false, NULL);
+    qemu_mutex_lock(&mc->send_lock);
+    for (;;) {
+        ssize_t n = qio_channel_write(mc->ioc, (char *)hdr + done,
+                                      sizeof(hdr) - done, NULL);
+
+        if (n > 0) {
+            done += n;
+        }
+        if (done == sizeof(hdr) || (n < 0 && n != QIO_CHANNEL_ERR_BLOCK) ||
+            mc_now_us() >= deadline) {
+            break;
+        }
+        g_usleep(5000);
+    }
+    qemu_mutex_unlock(&mc->send_lock);
+    trace_mc_primary_tell_stop(why, done == sizeof(hdr));
+}
+
+/* End of the initial downtime: the guest runs from here on. */
+static void mc_guest_start(MigrationState *s)
+{
+    if (runstate_is_live(s->vm_old_state)) {
+        vm_start();
+    } else if (runstate_check(RUN_STATE_FINISH_MIGRATE)) {
+        runstate_set(s->vm_old_state);
+    }
+}
+
+/*
+ * The never-ending migration.  Called on the migration thread with the
+ * BQL held, right after precopy completed into state "mc" with the VM
+ * stopped; returns with the BQL held and the VM running (or as the user
+ * left it), having moved the migration state on.
+ */
+void mc_primary_run(MigrationState *s)
+{
+    Error *err = NULL;
+    MCSession *mc;
+    QIOChannel *ioc = qemu_file_get_ioc(s->to_dst_file);
+    uint64_t epoch = 0;
+    MCLossReason reason;
+    bool lost, cancelled, requested;
+    MigrationStatus end_state;
+    bool ready;
+    int pct;
+
+    mc = mc_session_new(MC_ROLE_PRIMARY, ioc, &err);
+    /* Hold guest output from the first instruction the guest runs in MC */
+    if (mc && !mc_participants_start(&err)) {
+        mc_session_free(mc);
+        mc = NULL;
+    }
+    if (mc) {
+        mc_current = mc;
+        /*
+         * MC owns the vCPU throttle from here.  A guest that precopy had
+         * to throttle starts MC throttled as much (MC lowers it once its
+         * checkpoints are small); auto-converge's timer, which syncs the
+         * dirty log while the guest runs, ends.
+         */
+        pct = cpu_throttle_get_percentage();
+        cpu_throttle_stop();
+        mc->throttle_pct = pct;
+        mc->stats.throttle_percentage = pct;
+        mc->stats.throttle_max_percentage = pct;
+        mc_staging_set_room_fn(mc->staging, mc_primary_make_room, mc);
+        qio_channel_set_blocking(ioc, true, NULL);
+        /* small ACKs and heartbeats must not wait for delayed ACKs */
+        qio_channel_set_delay(ioc, false);
+        qemu_thread_create(&mc->rx_thread, "mc-rx", mc_primary_rx_thread,
+                           mc, QEMU_THREAD_JOINABLE);
+        mc->rx_started = true;
+    }
+
+    if (!mc) {
+        mc_guest_start(s);
+        migrate_set_error(s, err);
+        error_report_err(err);
+        migrate_set_state(&s->state, MIGRATION_STATUS_MC,
+                          MIGRATION_STATUS_FAILED);
+        return;
+    }
+    bql_unlock();
+
+    trace_mc_primary_start(mc->staging->capacity);
+    /*
+     * The guest stays paused until the standby has loaded the initial
+     * state: all it dirtied meanwhile would be in the first checkpoint,
+     * which must fit in the staging buffer like any other.
+     */
+    ready = mc_primary_wait_ready(mc, s);
+    bql_lock();
+    mc_guest_start(s);
+    bql_unlock();
+    if (ready) {
+        int64_t start = mc_now_us();
+
+        qemu_thread_create(&mc->hb_thread, "mc-hb", mc_hb_thread, mc,
+                           QEMU_THREAD_JOINABLE);
+        mc->hb_started = true;
+        mc->send_next = 1;
+        qemu_thread_create(&mc->tx_thread, "mc-tx", mc_primary_tx_thread,
+                           mc, QEMU_THREAD_JOINABLE);
+        mc->tx_started = true;
+        mc->run_start_us = start;
+        /* The next epoch begins as soon as the pause ends */
+        for (;;) {
+            int64_t pause_end;
+            size_t base, limit;
+            bool early;
+
+            if (!mc_primary_wait_epoch(mc, s, start, &early)) {
+                break;
+            }
+            if (!mc_primary_wait_room(mc, s, &base, &limit)) {
+                break;
+            }
+            epoch++;
+            bql_lock();
+            if (mc_checkpoint_take(mc, epoch, base, limit, &err) < 0) {
+                bql_unlock();
+                break;
+            }
+            mc_primary_throttle(mc, mc->staging->used);
+            bql_unlock();
+            pause_end = mc_now_us();
+            qemu_mutex_lock(&mc->lock);
+            mc->ring[(mc->ring_first + mc->ring_count) % MC_RING_SLOTS] =
+                (MCSlot) {
+                    /* the checkpoint may have moved (make_room) */
+                    .epoch = epoch, .offset = mc->staging->base,
+                    .len = mc->staging->used, .pause_end_us = pause_end,
+                };
+            mc->ring_count++;
+            mc->taken_epoch = epoch;
+            mc->stats.in_flight = mc->ring_count;
+            mc->stats.in_flight_max = MAX(mc->stats.in_flight_max,
+                                          mc->ring_count);
+            mc->stats.early_checkpoints += early;
+            mc->last_early = early;
+            mc->stats.epoch_ms = (pause_end - start) / 1000;
+            qemu_cond_broadcast(&mc->cond);
+            qemu_mutex_unlock(&mc->lock);
+            start = pause_end;
+            mc_primary_note_rate(mc, mc->staging->used,
+                                 mc->pause_start_us - mc->run_start_us);
+            if (mc->vcpus_held) {
+                mc_primary_throttle_hold(mc, s,
+                                         mc->pause_start_us - mc->run_start_us);
+                start = mc_now_us();
+            }
+            mc->run_start_us = start;
+        }
+    } else {
+        qemu_mutex_lock(&mc->lock);
+        if (!mc->lost && !mc_primary_should_stop(mc, s)) {
+            mc->lost = true;
+            mc->loss_reason = MC_LOSS_REASON_HEARTBEAT_TIMEOUT;
+        }
+        qemu_mutex_unlock(&mc->lock);
+        error_setg(&err, "MC: the standby did not become ready");
+    }
+
+    qemu_mutex_lock(&mc->lock);
+    if (err && !mc->lost) {
+        /* a checkpoint could not be taken: the guest runs unprotected */
+        mc->lost = true;
+        mc->loss_reason = mc->staging->overflow ?
+            MC_LOSS_REASON_CHECKPOINT_TOO_LARGE :
+            MC_LOSS_REASON_PROTOCOL_ERROR;
+    }
+    cancelled = mc->cancel_requested ||
+                qatomic_read(&s->state) == MIGRATION_STATUS_CANCELLING;
+    lost = mc->lost;
+    reason = mc->loss_reason;
+    qemu_mutex_unlock(&mc->lock);
+    /*
+     * The guest runs on while management decides (manual policy); on
+     * migrate_cancel, which may hold the BQL meanwhile, only at the end.
+     */
+    if (!cancelled) {
+        mc_guest_release_vcpus(mc);
+    }
+
+    if (lost && !cancelled &&
+        migrate_mc_failover_policy() == MC_FAILOVER_POLICY_MANUAL) {
+        /* Never act alone: keep what the guest sent until told. */
+        qapi_event_send_mc_peer_lost(MC_ROLE_PRIMARY, reason);
+        qemu_mutex_lock(&mc->lock);
+        while (!mc->failover_requested && !mc->cancel_requested &&
+               qatomic_read(&s->state) == MIGRATION_STATUS_MC) {
+            qemu_cond_wait(&mc->cond, &mc->lock);
+        }
+        cancelled = mc->cancel_requested ||
+                    qatomic_read(&s->state) == MIGRATION_STATUS_CANCELLING;
+        qemu_mutex_unlock(&mc->lock);
+    }
+    qemu_mutex_lock(&mc->lock);
+    requested = mc->failover_requested;
+    qemu_mutex_unlock(&mc->lock);
+
+    /* No checkpoint is sent after STOP; the ring is dropped */
+    mc_primary_tx_stop(mc);
+    mc_primary_tell_stop(mc, cancelled ? MC_STOP_CANCEL : MC_STOP_DROPPED);
+    qemu_mutex_lock(&mc->lock);
+    mc->stop_told = true;
+    qemu_cond_broadcast(&mc->cond);
+    qemu_mutex_unlock(&mc->lock);
+    mc_threads_stop(mc);
+
+    mc_guest_release_vcpus(mc);
+    bql_lock();
+    mc_current = NULL;
+    /* The guest runs at full speed again (the vCPUs are not held here) */
+    mc->stats.throttle_percentage = 0;
+    /* Unprotected from here on: what the guest sent may go out now */
+    mc_participants_stop();
+    if (cancelled) {
+        /* migration_cleanup moves cancelling to cancelled */
+        end_state = MIGRATION_STATUS_CANCELLING;
+        migrate_set_state(&s->state, MIGRATION_STATUS_MC,
+                          MIGRATION_STATUS_CANCELLING);
+    } else {
+        if (requested && !lost) {
+            reason = MC_LOSS_REASON_REQUEST;
+        }
+        end_state = requested ? MIGRATION_STATUS_COMPLETED :
+                                MIGRATION_STATUS_FAILED;
+        if (!requested) {
+            Error *why = NULL;
+
+            error_setg(&why, "MC ended, the guest runs unprotected: %s%s%s",
+                       MCLossReason_str(reason), err ? ": " : "",
+                       err ? error_get_pretty(err) : "");
+            migrate_set_error(s, why);
+            error_report_err(why);
+        }
+        migrate_set_state(&s->state, MIGRATION_STATUS_MC, end_state);
+        qapi_event_send_mc_failover(MC_ROLE_PRIMARY, reason,
+                                    mc->stats.last_acked_epoch);
+    }
+    trace_mc_primary_end(epoch, MigrationStatus_str(end_state));
+    error_free(err);
+    mc_session_free(mc);
+}
+
+/*
+ * migrate_cancel during MC: let the loop tell the standby to stay
+ * stopped before the channel goes down (shutting it down at once would
+ * look like a dead primary to the standby).  Returns true if MC takes
+ * care of the channel.
+ */
+bool mc_primary_cancel(MigrationStatus old_state)
+{
+    MCSession *mc = mc_current;
+    int64_t deadline;
+
+    if (old_state != MIGRATION_STATUS_MC || !mc) {
+        return false;
+    }
+    qemu_mutex_lock(&mc->lock);
+    mc->cancel_requested = true;
+    qemu_cond_broadcast(&mc->cond);
+    /*
+     * QEMU may be quitting: give the loop a moment to tell the standby,
+     * or it would see the connection close and take the primary for
+     * dead.  The loop needs no BQL for that, unless it is just polling
+     * the dirty log; hence the bound.
+     */
+    deadline = mc_now_us() + MC_CANCEL_WAIT_MS * 1000;
+    while (!mc->stop_told && mc_now_us() < deadline) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock, 50);
+    }
+    qemu_mutex_unlock(&mc->lock);
+    return true;
+}

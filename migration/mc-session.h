@@ -1,0 +1,158 @@
+/*
+ * Micro-checkpointing (MC): the session both roles share, for the MC
+ * files only (the rest of QEMU uses mc.h).
+ *
+ * Where things happen:
+ *   mc.c            the session, liveness (heartbeats, peer lost), the
+ *                   statistics and HMP
+ *   mc-primary.c    the primary's loop: when to take a checkpoint, the
+ *                   ring of checkpoints in flight, sending (mc-tx),
+ *                   ACKs (mc-rx), the end of MC on the primary
+ *   mc-checkpoint.c taking one checkpoint: the light pause, the copy
+ *                   into staging, waiting for room, the vCPU throttle
+ *   mc-standby.c    receiving, verifying, acknowledging and applying
+ *   mc-failover.c   what a standby does when MC ends (policy, device
+ *                   load, resume) and mc-failover
+ *   mc-participant.c output commit and disks: what a checkpoint holds
+ *                   back and releases (filter-mc.c, mc-block.c)
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef QEMU_MIGRATION_MC_SESSION_H
+#define QEMU_MIGRATION_MC_SESSION_H
+
+#include "qemu/thread.h"
+#include "qemu/coroutine.h"
+#include "io/channel.h"
+#include "mc.h"
+#include "mc-staging.h"
+#include "mc-wire.h"
+
+/*
+ * Checkpoints in flight.  The staging buffer is used as a ring: each
+ * checkpoint is one contiguous part of it, in epoch order, freed when
+ * the standby acknowledges it.
+ */
+#define MC_RING_SLOTS           8
+
+typedef struct MCSlot {
+    uint64_t epoch;
+    size_t offset, len;         /* in the staging buffer */
+    int64_t pause_end_us;       /* for the transfer time */
+    unsigned resends;
+} MCSlot;
+
+typedef struct MCSession {
+    /* Set up once, read by every thread */
+    MCRole role;
+    QIOChannel *ioc;
+    MCStaging *staging;
+    QEMUFile *sfile;            /* primary: output, standby: input */
+
+    /* The thread that starts and joins them */
+    QemuThread rx_thread;
+    QemuThread hb_thread;
+    QemuThread tx_thread;       /* primary */
+    bool rx_started, hb_started, tx_started;
+    QemuSemaphore hb_sem;       /* posted to stop the heartbeat thread */
+    QemuMutex send_lock;        /* one message at a time on the wire */
+
+    /* Protected by lock; cond wakes whoever waits on any of them */
+    QemuMutex lock;
+    QemuCond cond;
+    bool ready;                 /* standby loaded the initial state */
+    uint64_t acked_epoch;
+    /* Primary: checkpoints taken and not yet acknowledged, oldest first */
+    MCSlot ring[MC_RING_SLOTS];
+    unsigned ring_first, ring_count;
+    uint64_t taken_epoch;       /* the newest checkpoint in the ring */
+    uint64_t send_next;         /* the next one the tx thread sends */
+    uint64_t resend_from;       /* 0, or go back to this one (refused) */
+    bool tx_busy;               /* the tx thread is sending */
+    bool tx_stop;               /* the tx thread must end */
+    bool lost;                  /* the peer is gone, for loss_reason */
+    MCLossReason loss_reason;   /* the first detection wins */
+    bool stop_received;         /* standby: primary said leave MC */
+    bool failover_requested;    /* mc-failover */
+    bool cancel_requested;      /* primary: migrate_cancel */
+    bool stop_told;             /* primary: STOP handed to the socket */
+    bool finished;              /* standby: rx thread is done */
+    int outcome;                /* standby: MC_OUTCOME_*, once finished */
+    MCInfo stats;
+    uint64_t pause_total_us, transfer_total_us;     /* for the averages */
+
+    /* Atomic */
+    int64_t last_rx_us;
+    int64_t last_tx_us;
+
+    /* Standby: rx thread while it runs, then the main loop (BQL) */
+    MigrationIncomingState *mis;
+    Coroutine *co;
+    uint64_t applied_epoch;
+    /* The device state of the last applied checkpoint, not yet loaded */
+    MCStaging *devices;
+    bool devices_pending;
+
+    /* Primary, migration thread only */
+    bool room_waited;           /* this checkpoint waited for ACKs */
+    bool room_short;            /* it was taken before there was room */
+    int throttle_pct;           /* vCPU throttle, 0 to 99 */
+    double dirty_rate;          /* bytes per us of guest run, lately */
+    bool last_early;            /* the last checkpoint was taken early */
+    int64_t pause_start_us;     /* of the last checkpoint */
+    int64_t run_start_us;       /* when the vCPUs last went on */
+    unsigned throttle_calm;     /* checkpoints in a row that found room */
+    bool vcpus_held;            /* the last pause left the vCPUs stopped */
+} MCSession;
+
+/* The running session, or NULL.  Set and cleared with the BQL held. */
+extern MCSession *mc_current;
+
+enum {
+    MC_OUTCOME_NONE,
+    MC_OUTCOME_FAILOVER,        /* resume the guest here */
+    MC_OUTCOME_STOP,            /* stay stopped */
+    MC_OUTCOME_WAIT,            /* wait for mc-failover */
+};
+
+/* Why the standby refuses a checkpoint (NACK flags) */
+enum {
+    MC_NACK_CORRUPT = 1,
+    MC_NACK_ORDER = 2,
+    MC_NACK_APPLY_FAILED = 3,
+};
+
+/* Why the primary tells the standby to leave MC (STOP flags) */
+enum {
+    MC_STOP_CANCEL = 1,         /* migrate_cancel, or QEMU is quitting */
+    MC_STOP_DROPPED = 2,        /* the primary runs on without the standby */
+};
+
+/* mc.c: the session and liveness */
+int64_t mc_now_us(void);
+MCSession *mc_session_new(MCRole role, QIOChannel *ioc, Error **errp);
+void mc_session_free(MCSession *mc);
+int mc_send(MCSession *mc, MCMsgType type, uint32_t flags, uint64_t epoch,
+            const struct iovec *iov, size_t niov, Error **errp);
+void mc_peer_lost(MCSession *mc, MCLossReason reason);
+void *mc_hb_thread(void *opaque);
+void mc_threads_stop(MCSession *mc);
+bool mc_recv_header(MCSession *mc, uint64_t max_len, MCWireHeader *h);
+
+/* mc-primary.c */
+bool mc_primary_should_stop(MCSession *mc, MigrationState *s);
+
+/* mc-checkpoint.c: taking one checkpoint (primary, migration thread) */
+int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
+                       size_t limit, Error **errp);
+bool mc_primary_make_room(MCStaging *st, size_t len, void *opaque);
+void mc_primary_throttle(MCSession *mc, size_t bytes);
+void mc_primary_throttle_hold(MCSession *mc, MigrationState *s,
+                              int64_t ran_us);
+void mc_guest_release_vcpus(MCSession *mc);
+
+/* mc-failover.c: the standby's way out of MC (main loop, BQL) */
+void mc_standby_decide_bh(void *opaque);
+
+#endif

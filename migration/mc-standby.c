@@ -1,0 +1,269 @@
+/*
+ * Micro-checkpointing (MC): the standby.
+ *
+ * mc_standby_co() runs in the incoming migration coroutine once the
+ * initial state is loaded and yields until MC ends.  The "mc-rx" thread
+ * receives each checkpoint whole into the staging buffer
+ * (mc_checkpoint_receive), verifies it, acknowledges it and applies it
+ * (mc_checkpoint_apply: RAM and disk writes now, with the BQL; the
+ * device state is kept and loaded once, when the standby leaves MC, see
+ * mc-failover.c).  A corrupt or out-of-order checkpoint is refused and
+ * the last applied one stays.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/error-report.h"
+#include "qemu/main-loop.h"
+#include "qapi/error.h"
+#include "qapi/qapi-events-mc.h"
+#include "migration/misc.h"
+#include "system/runstate.h"
+#include "system/system.h"
+#include "migration.h"
+#include "qemu-file.h"
+#include "savevm.h"
+#include "mc-session.h"
+#include "trace.h"
+
+/* Receive a checkpoint in pieces, so a long one still counts as traffic. */
+#define MC_RECV_CHUNK           (1 * MiB)
+
+/*
+ * Receive checkpoint @h into staging and verify it.  Returns 1 when it is
+ * whole and intact, 0 when it is corrupt (the stream is still in step), -1
+ * when the link failed.
+ */
+static int mc_checkpoint_receive(MCSession *mc, const MCWireHeader *h,
+                                 Error **errp)
+{
+    size_t got = 0;
+
+    while (got < h->len) {
+        size_t n = MIN(h->len - got, MC_RECV_CHUNK);
+
+        if (qio_channel_read_all(mc->ioc, (char *)mc->staging->data + got, n,
+                                 errp) < 0) {
+            error_prepend(errp, "MC: checkpoint %" PRIu64 " truncated: ",
+                          h->epoch);
+            return -1;
+        }
+        got += n;
+        qatomic_set(&mc->last_rx_us, mc_now_us());
+    }
+    mc->staging->high_water = MAX(mc->staging->high_water, got);
+    if (mc_wire_check_payload(h, mc->staging->data, errp) < 0) {
+        return 0;
+    }
+    return 1;
+}
+
+/*
+ * Apply a verified checkpoint: its RAM pages and disk writes now (BQL
+ * held), its device state only kept.  Loading devices means resetting
+ * them first, which costs more than the rest of an idle checkpoint, and
+ * nothing reads the standby's devices before it leaves MC: they are
+ * loaded once, from the last applied checkpoint, then.  The payload
+ * ends with the offset of its device part (8 bytes, big endian).
+ */
+static int mc_checkpoint_apply(MCSession *mc, const MCWireHeader *h)
+{
+    uint64_t devices_at;
+    int ret;
+
+    if (h->len < 8) {
+        return -EINVAL;
+    }
+    devices_at = ldq_be_p(mc->staging->data + h->len - 8);
+    if (devices_at > h->len - 8) {
+        return -EINVAL;
+    }
+    mc_staging_set_readable(mc->staging, devices_at);
+    ret = qemu_loadvm_state_main(mc->sfile, mc->mis);
+    if (ret >= 0) {
+        ret = qemu_file_get_error(mc->sfile);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    /* Keep the device part; the buffer is allocated once, like staging */
+    if (!mc->devices) {
+        mc->devices = mc_staging_new(mc->staging->capacity, NULL);
+        if (!mc->devices) {
+            return -ENOMEM;
+        }
+    }
+    memcpy(mc->devices->data, mc->staging->data + devices_at,
+           h->len - 8 - devices_at);
+    mc_staging_set_readable(mc->devices, h->len - 8 - devices_at);
+    mc->devices_pending = true;
+    return 0;
+}
+
+static void mc_standby_refuse(MCSession *mc, uint64_t epoch, uint32_t why,
+                              Error *err)
+{
+    error_report_err(err);
+    qemu_mutex_lock(&mc->lock);
+    mc->stats.refused++;
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_checkpoint_refused(epoch, why);
+    mc_send(mc, MC_MSG_NACK, why, epoch, NULL, 0, NULL);
+}
+
+static void *mc_standby_rx_thread(void *opaque)
+{
+    MCSession *mc = opaque;
+
+    rcu_register_thread();
+    for (;;) {
+        Error *err = NULL;
+        MCWireHeader h;
+        int ret;
+
+        if (!mc_recv_header(mc, mc->staging->capacity, &h)) {
+            break;
+        }
+        if (h.type == MC_MSG_HEARTBEAT) {
+            continue;
+        }
+        if (h.type == MC_MSG_STOP) {
+            qemu_mutex_lock(&mc->lock);
+            mc->stop_received = true;
+            qemu_mutex_unlock(&mc->lock);
+            trace_mc_standby_stop(h.flags);
+            break;
+        }
+        if (h.type != MC_MSG_CHECKPOINT) {
+            error_report("MC: unexpected %s message from the primary",
+                         mc_msg_name(h.type));
+            mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+            break;
+        }
+
+        ret = mc_checkpoint_receive(mc, &h, &err);
+        if (ret < 0) {
+            /* the partial checkpoint is dropped: the last one stays */
+            error_report_err(err);
+            mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+            break;
+        }
+        if (ret == 0) {
+            mc_standby_refuse(mc, h.epoch, MC_NACK_CORRUPT, err);
+            continue;
+        }
+        if (h.epoch != mc->applied_epoch + 1) {
+            error_setg(&err, "MC: checkpoint %" PRIu64 " out of order "
+                       "(expected %" PRIu64 ")", h.epoch,
+                       mc->applied_epoch + 1);
+            mc_standby_refuse(mc, h.epoch, MC_NACK_ORDER, err);
+            continue;
+        }
+
+        /* Whole and intact: acknowledge first, so output flows sooner. */
+        mc_send(mc, MC_MSG_ACK, 0, h.epoch, NULL, 0, NULL);
+        bql_lock();
+        ret = mc_checkpoint_apply(mc, &h);
+        bql_unlock();
+        qatomic_set(&mc->last_rx_us, mc_now_us());
+        if (ret < 0) {
+            /* half applied: this standby is no longer a valid copy */
+            error_report("MC: applying checkpoint %" PRIu64 " failed: %s",
+                         h.epoch, strerror(-ret));
+            mc_send(mc, MC_MSG_NACK, MC_NACK_APPLY_FAILED, h.epoch, NULL, 0,
+                    NULL);
+            qemu_mutex_lock(&mc->lock);
+            mc->stop_received = true;   /* stay stopped, never resume */
+            qemu_mutex_unlock(&mc->lock);
+            break;
+        }
+        mc->applied_epoch = h.epoch;
+        qemu_mutex_lock(&mc->lock);
+        mc->stats.checkpoints++;
+        mc->stats.acked++;
+        mc->stats.applied++;
+        mc->stats.last_acked_epoch = h.epoch;
+        mc->stats.bytes += h.len;
+        mc->stats.last_bytes = h.len;
+        mc->stats.staging_high_water = mc->staging->high_water;
+        qemu_mutex_unlock(&mc->lock);
+        trace_mc_checkpoint_applied(h.epoch, h.len);
+    }
+
+    qemu_mutex_lock(&mc->lock);
+    mc->finished = true;
+    qemu_mutex_unlock(&mc->lock);
+    aio_bh_schedule_oneshot(qemu_get_aio_context(), mc_standby_decide_bh, mc);
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/*
+ * The standby.  Runs in the incoming migration coroutine (BQL held) once
+ * the initial state is loaded; yields until MC ends.  Returns true when
+ * the guest is to be resumed here (failover: the caller announces it and
+ * starts it), false when it stays stopped.
+ */
+bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
+{
+    MigrationState *s = migrate_get_current();
+    QIOChannel *ioc = qemu_file_get_ioc(mis->from_src_file);
+    Error *err = NULL;
+    MCSession *mc = mc_session_new(MC_ROLE_STANDBY, ioc, &err);
+    bool failover;
+
+    if (!mc) {
+        /* the primary sees the link close before READY and runs on */
+        migrate_set_error(s, err);
+        error_report_err(err);
+        qio_channel_shutdown(ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        runstate_set(RUN_STATE_PAUSED);
+        migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
+                          MIGRATION_STATUS_FAILED);
+        migration_incoming_state_destroy();
+        return false;
+    }
+    mc->mis = mis;
+    mc->co = qemu_coroutine_self();
+    mc_current = mc;
+    migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
+                      MIGRATION_STATUS_MC);
+    qio_channel_set_blocking(ioc, true, NULL);
+    qio_channel_set_delay(ioc, false);
+    trace_mc_standby_start(mc->staging->capacity);
+
+    qemu_thread_create(&mc->rx_thread, "mc-rx", mc_standby_rx_thread, mc,
+                       QEMU_THREAD_JOINABLE);
+    mc->rx_started = true;
+    qemu_thread_create(&mc->hb_thread, "mc-hb", mc_hb_thread, mc,
+                       QEMU_THREAD_JOINABLE);
+    mc->hb_started = true;
+    mc_send(mc, MC_MSG_READY, 0, 0, NULL, 0, NULL);
+
+    qemu_coroutine_yield();
+
+    mc_threads_stop(mc);
+    mc_current = NULL;
+    failover = mc->outcome == MC_OUTCOME_FAILOVER;
+    migrate_set_state(&mis->state, MIGRATION_STATUS_MC,
+                      MIGRATION_STATUS_ACTIVE);
+    if (failover) {
+        MCLossReason reason = mc->failover_requested ?
+            MC_LOSS_REASON_REQUEST : mc->loss_reason;
+
+        /* the guest continues from the last applied checkpoint */
+        autostart = true;
+        trace_mc_failover(MCRole_str(MC_ROLE_STANDBY), mc->applied_epoch);
+        qapi_event_send_mc_failover(MC_ROLE_STANDBY, reason,
+                                    mc->applied_epoch);
+    } else {
+        runstate_set(RUN_STATE_PAUSED);
+        migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
+                          MIGRATION_STATUS_COMPLETED);
+        migration_incoming_state_destroy();
+    }
+    mc_session_free(mc);
+    mc_participants_standby_end();
+    return failover;
+}
