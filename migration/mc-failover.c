@@ -53,8 +53,12 @@ static bool mc_standby_load_devices(MCSession *mc)
     qemu_fclose(f);         /* drops the reference taken above */
     trace_mc_standby_load_devices(mc->applied_epoch, ret);
     if (ret < 0) {
-        error_report("MC: loading the device state of checkpoint %" PRIu64
-                     " failed: %s", mc->applied_epoch, strerror(-ret));
+        Error *err = NULL;
+
+        error_setg_errno(&err, -ret, "MC: loading the device state of "
+                         "checkpoint %" PRIu64 " failed; this standby "
+                         "cannot run the guest", mc->applied_epoch);
+        mc_session_fail(mc, err);
         return false;
     }
     return true;

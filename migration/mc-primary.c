@@ -34,7 +34,7 @@
 #define MC_MAX_RESENDS          3
 /* How long the primary waits for the standby to load the initial state. */
 #define MC_READY_TIMEOUT_MS     60000
-/* How long migrate_cancel waits for the standby to be told */
+/* How long migrate_cancel waits for the standby to be told, at least */
 #define MC_CANCEL_WAIT_MS       1000
 /*
  * At most this many checkpoints on the wire beyond the last ACK.  A
@@ -46,6 +46,13 @@
 #define MC_SEND_AHEAD           2
 /* How often a primary waiting for room looks at the dirty set again */
 #define MC_ROOM_POLL_US         5000
+
+/*
+ * The running session has told the standby STOP (or gave up trying).
+ * Outside the session: migrate_cancel waits for it without the BQL,
+ * while the session may be freed.  Atomic.
+ */
+static bool mc_primary_stop_told;
 
 /* The slot of checkpoint @epoch, or NULL if not in flight.  mc->lock. */
 static MCSlot *mc_ring_find(MCSession *mc, uint64_t epoch)
@@ -98,19 +105,22 @@ static void mc_ring_acked(MCSession *mc, uint64_t epoch)
 static bool mc_ring_refused(MCSession *mc, uint64_t epoch, uint32_t why)
 {
     MCSlot *sl = mc_ring_find(mc, epoch);
+    Error *err = NULL;
 
     mc->stats.refused++;
     if (why == MC_NACK_APPLY_FAILED) {
-        error_report("MC: the standby failed to apply checkpoint %" PRIu64,
-                     epoch);
+        error_setg(&err, "MC: the standby failed to apply checkpoint %"
+                   PRIu64, epoch);
+        mc_session_fail_locked(mc, err);
         return false;
     }
     if (why != MC_NACK_CORRUPT || !sl) {
         return true;
     }
     if (++sl->resends > MC_MAX_RESENDS) {
-        error_report("MC: the standby refused checkpoint %" PRIu64 " %d "
-                     "times", epoch, MC_MAX_RESENDS + 1);
+        error_setg(&err, "MC: the standby refused checkpoint %" PRIu64
+                   " %d times", epoch, MC_MAX_RESENDS + 1);
+        mc_session_fail_locked(mc, err);
         return false;
     }
     warn_report("MC: the standby refused checkpoint %" PRIu64 " (corrupt), "
@@ -164,6 +174,7 @@ static void *mc_primary_rx_thread(void *opaque)
 
     rcu_register_thread();
     for (;;) {
+        Error *err = NULL;
         MCWireHeader h;
 
         if (!mc_recv_header(mc, 0, &h)) {
@@ -176,9 +187,10 @@ static void *mc_primary_rx_thread(void *opaque)
             break;
         case MC_MSG_ACK:
             if (h.epoch > mc->taken_epoch) {
+                error_setg(&err, "MC: the standby acknowledged checkpoint %"
+                           PRIu64 ", which was not sent", h.epoch);
+                mc_session_fail_locked(mc, err);
                 qemu_mutex_unlock(&mc->lock);
-                error_report("MC: the standby acknowledged checkpoint %"
-                             PRIu64 ", which was not sent", h.epoch);
                 mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
                 goto out;
             }
@@ -198,9 +210,10 @@ static void *mc_primary_rx_thread(void *opaque)
         case MC_MSG_STANDBY_HEARTBEAT:
             break;
         default:
+            error_setg(&err, "MC: unexpected %s message from the standby",
+                       mc_msg_name(h.type));
+            mc_session_fail_locked(mc, err);
             qemu_mutex_unlock(&mc->lock);
-            error_report("MC: unexpected %s message from the standby",
-                         mc_msg_name(h.type));
             mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
             goto out;
         }
@@ -517,20 +530,21 @@ static bool mc_primary_wait_ready(MCSession *mc, MigrationState *s)
  * When the standby is lost this is best effort and never blocks: a
  * standby that cannot be reached is either dead or, behind a broken
  * link, following the failover policy, which does not let it act on a
- * heartbeat timeout alone (safe, manual).  On migrate_cancel the
- * standby is alive, maybe just slow: keep trying to queue the message
- * for up to a heartbeat timeout.  Closing the connection without it
+ * heartbeat timeout alone (safe, manual).  On migrate_cancel, and when
+ * this side gave up on a standby that misbehaves (@alive), the standby
+ * is alive, maybe just slow: keep trying to queue the message for up
+ * to a heartbeat timeout.  Closing the connection without it
  * would look like a dead primary; once the timeout has passed, the
  * standby has noticed a silence first, which it does not act on alone.
  */
-static void mc_primary_tell_stop(MCSession *mc, uint32_t why)
+static void mc_primary_tell_stop(MCSession *mc, uint32_t why, bool alive)
 {
     uint8_t hdr[MC_WIRE_HDR_SIZE];
     MCWireHeader h = { .type = MC_MSG_STOP, .flags = why };
     int64_t deadline = mc_now_us();
     size_t done = 0;
 
-    if (why == MC_STOP_CANCEL) {
+    if (alive) {
         deadline += migrate_mc_heartbeat_timeout() * 1000LL;
     }
     mc_wire_encode(&h, hdr);
@@ -589,6 +603,7 @@ void mc_primary_run(MigrationState *s)
     }
     if (mc) {
         mc_current = mc;
+        qatomic_set(&mc_primary_stop_told, false);
         /*
          * MC owns the vCPU throttle from here.  A guest that precopy had
          * to throttle starts MC throttled as much (MC lowers it once its
@@ -738,11 +753,14 @@ void mc_primary_run(MigrationState *s)
 
     /* No checkpoint is sent after STOP; the ring is dropped */
     mc_primary_tx_stop(mc);
-    mc_primary_tell_stop(mc, cancelled ? MC_STOP_CANCEL : MC_STOP_DROPPED);
-    qemu_mutex_lock(&mc->lock);
-    mc->stop_told = true;
-    qemu_cond_broadcast(&mc->cond);
-    qemu_mutex_unlock(&mc->lock);
+    /*
+     * The standby is alive, maybe just slow, on migrate_cancel and when
+     * this side gave up on it (protocol error): make sure it hears STOP.
+     */
+    mc_primary_tell_stop(mc, cancelled ? MC_STOP_CANCEL : MC_STOP_DROPPED,
+                         cancelled ||
+                         (lost && reason == MC_LOSS_REASON_PROTOCOL_ERROR));
+    qatomic_set(&mc_primary_stop_told, true);
     mc_threads_stop(mc);
 
     mc_guest_release_vcpus(mc);
@@ -764,11 +782,16 @@ void mc_primary_run(MigrationState *s)
         end_state = requested ? MIGRATION_STATUS_COMPLETED :
                                 MIGRATION_STATUS_FAILED;
         if (!requested) {
+            /*
+             * What ended it: the first error another thread found (a
+             * take that failed after it is a consequence), or this one's.
+             */
+            Error *detail = mc->error ? mc->error : err;
             Error *why = NULL;
 
             error_setg(&why, "MC ended, the guest runs unprotected: %s%s%s",
-                       MCLossReason_str(reason), err ? ": " : "",
-                       err ? error_get_pretty(err) : "");
+                       MCLossReason_str(reason), detail ? ": " : "",
+                       detail ? error_get_pretty(detail) : "");
             migrate_set_error(s, why);
             error_report_err(why);
         }
@@ -798,16 +821,23 @@ bool mc_primary_cancel(MigrationStatus old_state)
     qemu_mutex_lock(&mc->lock);
     mc->cancel_requested = true;
     qemu_cond_broadcast(&mc->cond);
-    /*
-     * QEMU may be quitting: give the loop a moment to tell the standby,
-     * or it would see the connection close and take the primary for
-     * dead.  The loop needs no BQL for that, unless it is just polling
-     * the dirty log; hence the bound.
-     */
-    deadline = mc_now_us() + MC_CANCEL_WAIT_MS * 1000;
-    while (!mc->stop_told && mc_now_us() < deadline) {
-        qemu_cond_timedwait(&mc->cond, &mc->lock, 50);
-    }
     qemu_mutex_unlock(&mc->lock);
+    /*
+     * QEMU may be quitting: let the loop tell the standby first, or it
+     * would see the connection close and take the primary for dead.
+     * The loop may need the BQL on its way out (a checkpoint being
+     * taken, a look at the dirty log), so wait without it, as
+     * migration_cleanup() does for the migration thread; and on a flag
+     * outside the session, which the loop frees once it has the BQL.
+     * Bound: the loop waits up to a heartbeat timeout for the sending
+     * thread and again to queue STOP.
+     */
+    deadline = mc_now_us() + (2LL * migrate_mc_heartbeat_timeout() +
+                              MC_CANCEL_WAIT_MS) * 1000;
+    bql_unlock();
+    while (!qatomic_read(&mc_primary_stop_told) && mc_now_us() < deadline) {
+        g_usleep(5000);
+    }
+    bql_lock();
     return true;
 }

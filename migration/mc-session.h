@@ -76,9 +76,9 @@ typedef struct MCSession {
     bool stop_received;         /* standby: primary said leave MC */
     bool failover_requested;    /* mc-failover */
     bool cancel_requested;      /* primary: migrate_cancel */
-    bool stop_told;             /* primary: STOP handed to the socket */
     bool finished;              /* standby: rx thread is done */
     int outcome;                /* standby: MC_OUTCOME_*, once finished */
+    Error *error;               /* the first error that ended MC */
     MCInfo stats;
     uint64_t pause_total_us, transfer_total_us;     /* for the averages */
 
@@ -139,6 +139,8 @@ void mc_peer_lost(MCSession *mc, MCLossReason reason);
 void *mc_hb_thread(void *opaque);
 void mc_threads_stop(MCSession *mc);
 bool mc_recv_header(MCSession *mc, uint64_t max_len, MCWireHeader *h);
+void mc_session_fail(MCSession *mc, Error *err);
+void mc_session_fail_locked(MCSession *mc, Error *err);
 
 /* mc-primary.c */
 bool mc_primary_should_stop(MCSession *mc, MigrationState *s);

@@ -136,8 +136,9 @@ static void *mc_standby_rx_thread(void *opaque)
             break;
         }
         if (h.type != MC_MSG_CHECKPOINT) {
-            error_report("MC: unexpected %s message from the primary",
-                         mc_msg_name(h.type));
+            error_setg(&err, "MC: unexpected %s message from the primary",
+                       mc_msg_name(h.type));
+            mc_session_fail(mc, err);
             mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
             break;
         }
@@ -169,8 +170,9 @@ static void *mc_standby_rx_thread(void *opaque)
         qatomic_set(&mc->last_rx_us, mc_now_us());
         if (ret < 0) {
             /* half applied: this standby is no longer a valid copy */
-            error_report("MC: applying checkpoint %" PRIu64 " failed: %s",
-                         h.epoch, strerror(-ret));
+            error_setg_errno(&err, -ret, "MC: applying checkpoint %" PRIu64
+                             " failed; this standby stays stopped", h.epoch);
+            mc_session_fail(mc, err);
             mc_send(mc, MC_MSG_NACK, MC_NACK_APPLY_FAILED, h.epoch, NULL, 0,
                     NULL);
             qemu_mutex_lock(&mc->lock);
@@ -259,8 +261,13 @@ bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
                                     mc->applied_epoch);
     } else {
         runstate_set(RUN_STATE_PAUSED);
+        if (mc->error) {
+            /* this copy is broken: say why in query-migrate */
+            migrate_set_error(s, mc->error);
+        }
         migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
-                          MIGRATION_STATUS_COMPLETED);
+                          mc->error ? MIGRATION_STATUS_FAILED :
+                                      MIGRATION_STATUS_COMPLETED);
         migration_incoming_state_destroy();
     }
     mc_session_free(mc);

@@ -60,6 +60,28 @@ MCSession *mc_session_new(MCRole role, QIOChannel *ioc, Error **errp)
     return mc;
 }
 
+/*
+ * An error that ends MC: reported now, and the first one is kept for
+ * query-migrate's error-desc (the primary puts it in its final error,
+ * the standby sets it as the migration error).  Takes @err.
+ */
+void mc_session_fail_locked(MCSession *mc, Error *err)
+{
+    error_report_err(error_copy(err));
+    if (mc->error) {
+        error_free(err);
+    } else {
+        mc->error = err;
+    }
+}
+
+void mc_session_fail(MCSession *mc, Error *err)
+{
+    qemu_mutex_lock(&mc->lock);
+    mc_session_fail_locked(mc, err);
+    qemu_mutex_unlock(&mc->lock);
+}
+
 /* Keep the statistics for query-migrate, then free the session. */
 void mc_session_free(MCSession *mc)
 {
@@ -78,6 +100,7 @@ void mc_session_free(MCSession *mc)
         object_unref(OBJECT(mc->devices));
     }
     object_unref(OBJECT(mc->ioc));
+    error_free(mc->error);
     qemu_sem_destroy(&mc->hb_sem);
     qemu_mutex_destroy(&mc->send_lock);
     qemu_mutex_destroy(&mc->lock);
@@ -106,7 +129,8 @@ int mc_send(MCSession *mc, MCMsgType type, uint32_t flags,
  * the peer (the link may have healed and the peer's host answered for a
  * socket the peer had already given up), so it cannot upgrade a timeout
  * into a "peer-closed" that the safe policy would act on.  The channel
- * is shut down so that every thread blocked on it returns.
+ * is shut down so that every thread blocked on it returns (but see
+ * below).
  */
 void mc_peer_lost(MCSession *mc, MCLossReason reason)
 {
@@ -122,7 +146,17 @@ void mc_peer_lost(MCSession *mc, MCLossReason reason)
     qemu_mutex_unlock(&mc->lock);
     if (first) {
         trace_mc_peer_lost(MCRole_str(mc->role), MCLossReason_str(reason));
-        qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        /*
+         * A primary that gives up on a standby which misbehaves (refuses
+         * checkpoints, sends nonsense) must still tell it to stay stopped
+         * (mc_primary_run does, as it leaves): a channel closed now looks
+         * like a dead primary to the standby, and its safe policy would
+         * take over while this side runs on.
+         */
+        if (mc->role != MC_ROLE_PRIMARY ||
+            reason != MC_LOSS_REASON_PROTOCOL_ERROR) {
+            qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        }
     }
 }
 
@@ -197,7 +231,7 @@ bool mc_recv_header(MCSession *mc, uint64_t max_len, MCWireHeader *h)
         return true;
     }
     if (ret == MC_WIRE_BAD_HEADER) {
-        error_report_err(err);
+        mc_session_fail(mc, err);
         mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
     } else {
         error_free(err);

@@ -472,7 +472,7 @@ typedef struct MCProxy {
     int listen_fd;
     int port;
     int dest_port;
-    int mode;                   /* 1 corrupt, 2 truncate, 3 partition */
+    int mode;       /* 1 corrupt, 2 truncate, 3 partition, 4 corrupt all */
     int heal;                   /* atomic: partition over, close both */
     int armed;                  /* atomic: damage the next large piece */
     int done;                   /* atomic: damage was done */
@@ -520,8 +520,8 @@ static gpointer mc_proxy_thread(gpointer opaque)
                 goto out;
             }
             if (!i && n >= 4096 && qatomic_read(&p->armed) &&
-                !qatomic_read(&p->done)) {
-                if (p->mode == 1) {
+                (!qatomic_read(&p->done) || p->mode == 4)) {
+                if (p->mode == 1 || p->mode == 4) {
                     buf[n / 2] ^= 0x40;
                 } else {
                     n /= 2;
@@ -609,6 +609,52 @@ static void test_mc_corrupt_checkpoint(void)
     mc_reap_killed(from);
     qobject_unref(qtest_qmp_eventwait_ref(to, "MC_FAILOVER"));
     mc_check_resumed(to);
+    qtest_quit(to);
+    g_thread_join(p.thread);
+    close(p.listen_fd);
+    mc_cleanup(NULL);
+}
+
+/*
+ * Every checkpoint arrives corrupt: after the resends the primary gives
+ * up, runs on unprotected and says why in query-migrate; the standby,
+ * told to, stays stopped.  (The first run of this test found the
+ * primary closing the channel without STOP, and the standby taking over
+ * while the primary ran on.)
+ */
+static void test_mc_corrupt_always(void)
+{
+    MCProxy p = { .mode = 4 };
+    QTestState *from, *to;
+    QDict *ev, *rsp;
+    const char *desc;
+
+    mc_start_proxied(&from, &to, &p, "safe");
+    qatomic_set(&p.armed, 1);
+    ev = qtest_qmp_eventwait_ref(from, "MC_FAILOVER");
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "reason"), ==,
+                    "protocol-error");
+    qobject_unref(ev);
+    mc_wait_status(from, "failed");
+    rsp = mc_query(from);
+    desc = qdict_get_try_str(rsp, "error-desc");
+    g_assert_nonnull(desc);
+    g_test_message("error-desc: %s", desc);
+    g_assert_nonnull(strstr(desc, "unprotected"));
+    g_assert_nonnull(strstr(desc, "refused checkpoint"));
+    qobject_unref(rsp);
+    {
+        g_autofree char *rs = mc_runstate(from);
+        g_assert_cmpstr(rs, ==, "running");
+    }
+    /* told to stay stopped: no takeover while the primary runs on */
+    mc_wait_status(to, "completed");
+    {
+        g_autofree char *rs = mc_runstate(to);
+        g_assert_cmpstr(rs, ==, "paused");
+    }
+    g_assert_null(qtest_qmp_event_ref(to, "MC_FAILOVER"));
+    qtest_quit(from);
     qtest_quit(to);
     g_thread_join(p.thread);
     close(p.listen_fd);
@@ -787,6 +833,7 @@ int main(int argc, char **argv)
         qtest_add_func("/mc/quit-primary", test_mc_quit_primary);
         qtest_add_func("/mc/stream/corrupt", test_mc_corrupt_checkpoint);
         qtest_add_func("/mc/stream/truncated", test_mc_truncated_checkpoint);
+        qtest_add_func("/mc/stream/corrupt-always", test_mc_corrupt_always);
         qtest_add_func("/mc/split-brain/partition", test_mc_partition);
 #ifdef CONFIG_GNUTLS
         qtest_add_func("/mc/tls/kill-primary", test_mc_tls);
