@@ -792,8 +792,9 @@ void mc_primary_run(MigrationState *s)
             error_setg(&why, "MC ended, the guest runs unprotected: %s%s%s",
                        MCLossReason_str(reason), detail ? ": " : "",
                        detail ? error_get_pretty(detail) : "");
+            /* migration_cleanup() reports it once the thread ends */
             migrate_set_error(s, why);
-            error_report_err(why);
+            error_free(why);
         }
         migrate_set_state(&s->state, MIGRATION_STATUS_MC, end_state);
         qapi_event_send_mc_failover(MC_ROLE_PRIMARY, reason,
