@@ -5,8 +5,9 @@
  * (a local memory copy), and sent from it after the VM has resumed.  On
  * the standby a received checkpoint lands here and is verified before it
  * is applied.  The buffer is allocated once, when MC starts, and never
- * grows: a write past its capacity fails, and the MC loop reacts by
- * taking checkpoints earlier.  It is a QIOChannel so that the ordinary
+ * grows: a write that does not fit asks the owner for room (the primary
+ * waits for checkpoints in flight) and otherwise fails; the MC loop
+ * takes checkpoints early so that it rarely comes to that.  It is a QIOChannel so that the ordinary
  * migration code (QEMUFile, RAM and device savers/loaders) reads and
  * writes checkpoints without knowing about MC.
  *

@@ -47,6 +47,29 @@ def differing_pages(a, b, details=None):
     return out
 
 
+def memory_after_checkpoints(pair, wd, mem, timeout=30):
+    """With the primary's guest paused: wait until three more checkpoints
+    are acknowledged and applied, dump both guests' first @mem bytes of
+    RAM and return (pages that differ, checkpoints applied)."""
+    acked = pair.mc()['acked']
+    deadline = time.time() + timeout
+    while pair.mc()['acked'] < acked + 3 or \
+            pair.mc(pair.standby)['applied'] < acked + 3:
+        assert time.time() < deadline, (pair.mc(), pair.mc(pair.standby))
+        time.sleep(0.05)
+    applied = pair.mc(pair.standby)['applied']
+    p, s = os.path.join(wd, 'primary.mem'), os.path.join(wd, 'standby.mem')
+    pair.primary.qmp.cmd('pmemsave', val=0, size=mem, filename=p)
+    pair.standby.qmp.cmd('pmemsave', val=0, size=mem, filename=s)
+    details = []
+    diff = differing_pages(p, s, details)
+    print('%d checkpoints applied; %d of %d pages differ %s' % (
+        applied, len(diff), mem // 4096, diff[:10]))
+    for line in details:
+        print('  ' + line)
+    return diff, applied
+
+
 def test_standby_memory_equals_primary():
     wd = workdir('consistency')
     topo = Topology()
@@ -57,21 +80,7 @@ def test_standby_memory_equals_primary():
         client = topo.client(os.path.join(wd, 'client'), interval=10)
         time.sleep(RUN_S)
         pair.primary.qmp.cmd('stop')
-        acked = pair.mc()['acked']
-        deadline = time.time() + 30
-        while pair.mc()['acked'] < acked + 3:
-            assert time.time() < deadline, pair.mc()
-            time.sleep(0.05)
-        applied = pair.mc(pair.standby)['applied']
-        p, s = os.path.join(wd, 'primary.mem'), os.path.join(wd, 'standby.mem')
-        pair.primary.qmp.cmd('pmemsave', val=0, size=MEM, filename=p)
-        pair.standby.qmp.cmd('pmemsave', val=0, size=MEM, filename=s)
-        details = []
-        diff = differing_pages(p, s, details)
-        print('%d checkpoints applied; %d of %d pages differ %s' % (
-            applied, len(diff), MEM // 4096, diff[:10]))
-        for line in details:
-            print('  ' + line)
+        diff, applied = memory_after_checkpoints(pair, wd, MEM)
         assert applied > RUN_S * 10, applied
         assert not diff, diff
     finally:

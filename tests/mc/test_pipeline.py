@@ -9,13 +9,12 @@ no MIGRATION_PASS with the events capability on.
 No NIC, no namespace: needs no root.
 """
 
-import os
 import shutil
 import time
 
 from mcnet import Pair
 from mcvm import workdir
-from test_consistency import differing_pages
+from test_consistency import memory_after_checkpoints
 
 RUN_S = 4
 MEM = 256 << 20
@@ -51,22 +50,7 @@ def test_pipeline_delay0_consistent_no_events():
             sorted(set(names))
 
         pair.primary.qmp.cmd('stop')
-        acked = pair.mc()['acked']
-        deadline = time.time() + 30
-        while pair.mc()['acked'] < acked + 3 or \
-                pair.mc(pair.standby)['applied'] < acked + 3:
-            assert time.time() < deadline, (pair.mc(),
-                                            pair.mc(pair.standby))
-            time.sleep(0.05)
-        p, s = os.path.join(wd, 'primary.mem'), os.path.join(wd, 'standby.mem')
-        pair.primary.qmp.cmd('pmemsave', val=0, size=MEM, filename=p)
-        pair.standby.qmp.cmd('pmemsave', val=0, size=MEM, filename=s)
-        details = []
-        diff = differing_pages(p, s, details)
-        print('%d of %d pages differ %s' % (len(diff), MEM // 4096,
-                                             diff[:10]))
-        for line in details:
-            print('  ' + line)
+        diff, _ = memory_after_checkpoints(pair, wd, MEM)
         assert not diff, diff
     finally:
         if pair:
