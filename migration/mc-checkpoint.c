@@ -125,7 +125,7 @@ bool mc_primary_make_room(MCStaging *st, size_t len, void *opaque)
         return false;
     }
     qemu_mutex_lock(&mc->lock);
-    while (mc->ring_count && !mc->lost && !mc->tx_stop) {
+    while (mc->ring_count && mc->state == MC_STATE_ACTIVE && !mc->tx_stop) {
         qemu_cond_wait(&mc->cond, &mc->lock);
     }
     empty = !mc->ring_count;

@@ -64,87 +64,124 @@ static bool mc_standby_load_devices(MCSession *mc)
     return true;
 }
 
-/* Before the guest may run here: its devices as of the last checkpoint */
+/*
+ * Before the guest may run here: its devices as of the last checkpoint.
+ * If they cannot be loaded, this copy cannot run: it stays stopped.
+ */
 static void mc_standby_finish_devices(MCSession *mc)
 {
     if (!mc_standby_load_devices(mc)) {
         qemu_mutex_lock(&mc->lock);
-        mc->outcome = MC_OUTCOME_STOP;      /* this copy cannot run */
+        if (mc->state == MC_STATE_FAILOVER) {
+            mc_session_set_state(mc, MC_STATE_STOPPED);
+        }
         qemu_mutex_unlock(&mc->lock);
     }
+}
+
+/* The decision is made: resume the guest here or stay stopped. */
+static void mc_standby_leave(MCSession *mc)
+{
+    mc_standby_finish_devices(mc);
+    if (mc->state == MC_STATE_FAILOVER) {
+        mc_participants_failover();
+    }
+    aio_co_wake(mc->co);
 }
 
 /*
  * The receive thread ended: resume the guest here (failover), stay
  * stopped (the primary said so, or this copy is broken), or wait for
- * management, as mc-failover-policy says.  Main loop, BQL held.
+ * management, as mc-failover-policy says.  Main loop, BQL held; the
+ * state is "stopping", "failover-requested" or "lost" (the receive
+ * thread ends only after one of those).
  */
 void mc_standby_decide_bh(void *opaque)
 {
     MCSession *mc = opaque;
     MCFailoverPolicy policy = migrate_mc_failover_policy();
+    MCState state;
     bool act;
 
     qemu_mutex_lock(&mc->lock);
-    if (mc->stop_received) {
-        mc->outcome = MC_OUTCOME_STOP;
-    } else if (mc->failover_requested) {
-        mc->outcome = MC_OUTCOME_FAILOVER;
-    } else {
+    switch (mc->state) {
+    case MC_STATE_STOPPING:
+        mc_session_set_state(mc, MC_STATE_STOPPED);
+        break;
+    case MC_STATE_FAILOVER_REQUESTED:
+        mc->end_reason = MC_LOSS_REASON_REQUEST;
+        mc_session_set_state(mc, MC_STATE_FAILOVER);
+        break;
+    case MC_STATE_LOST:
         act = policy == MC_FAILOVER_POLICY_AUTO ||
               (policy == MC_FAILOVER_POLICY_SAFE &&
                mc->loss_reason == MC_LOSS_REASON_PEER_CLOSED);
-        mc->outcome = act ? MC_OUTCOME_FAILOVER : MC_OUTCOME_WAIT;
+        mc->end_reason = mc->loss_reason;
+        mc_session_set_state(mc, act ? MC_STATE_FAILOVER : MC_STATE_WAITING);
+        break;
+    default:
+        g_assert_not_reached();
     }
+    state = mc->state;
     qemu_mutex_unlock(&mc->lock);
-    if (mc->outcome != MC_OUTCOME_WAIT) {
-        mc_standby_finish_devices(mc);
-    }
-    trace_mc_standby_decide(MCLossReason_str(mc->loss_reason),
-                            MCFailoverPolicy_str(policy), mc->outcome);
-    if (mc->outcome == MC_OUTCOME_WAIT) {
+    trace_mc_standby_decide(mc_loss_str(mc->loss_reason),
+                            MCFailoverPolicy_str(policy),
+                            MCState_str(state));
+    if (state == MC_STATE_WAITING) {
         qapi_event_send_mc_peer_lost(MC_ROLE_STANDBY, mc->loss_reason);
         return;
     }
-    if (mc->outcome == MC_OUTCOME_FAILOVER) {
-        mc_participants_failover();
-    }
-    aio_co_wake(mc->co);
+    mc_standby_leave(mc);
 }
 
 static void mc_standby_wake_bh(void *opaque)
 {
-    MCSession *mc = opaque;
-
-    mc_standby_finish_devices(mc);
-    if (mc->outcome == MC_OUTCOME_FAILOVER) {
-        mc_participants_failover();
-    }
-    aio_co_wake(mc->co);
+    mc_standby_leave(opaque);
 }
 
+/*
+ * mc-failover.  The primary drops its standby and runs on; the standby
+ * stops receiving and resumes the guest from the last checkpoint it
+ * applied.  Refused once MC is ending another way (migrate_cancel on the
+ * primary, STOP from the primary on the standby): the first event wins.
+ */
 void qmp_mc_failover(Error **errp)
 {
     MCSession *mc = mc_current;
+    MCState from;
 
     if (!mc) {
         error_setg(errp, "Micro-checkpointing is not running");
         return;
     }
     qemu_mutex_lock(&mc->lock);
-    mc->failover_requested = true;
-    qemu_cond_broadcast(&mc->cond);
-    if (mc->role == MC_ROLE_STANDBY && mc->finished) {
-        /* waiting for management after a loss: go */
-        mc->outcome = MC_OUTCOME_FAILOVER;
+    from = mc->state;
+    if (from == MC_STATE_FAILOVER_REQUESTED || from == MC_STATE_FAILOVER) {
+        qemu_mutex_unlock(&mc->lock);
+        return;                     /* already under way */
+    }
+    if (from == MC_STATE_WAITING) {
+        /* the policy waited for management after a loss: go */
+        mc->end_reason = MC_LOSS_REASON_REQUEST;
+        mc_session_set_state(mc, MC_STATE_FAILOVER);
         qemu_mutex_unlock(&mc->lock);
         aio_bh_schedule_oneshot(qemu_get_aio_context(), mc_standby_wake_bh,
                                 mc);
         return;
     }
+    if (!mc_session_set_state(mc, MC_STATE_FAILOVER_REQUESTED)) {
+        error_setg(errp, "Micro-checkpointing is ending (state %s): "
+                   "mc-failover has no effect", MCState_str(from));
+        qemu_mutex_unlock(&mc->lock);
+        return;
+    }
     qemu_mutex_unlock(&mc->lock);
     if (mc->role == MC_ROLE_STANDBY) {
-        /* stop receiving; the thread ends and the decision is failover */
-        qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        /*
+         * Stop receiving; the thread ends and the decision is failover
+         * (mc_standby_decide_bh), unless it was already deciding on a
+         * loss: then it reads this state.
+         */
+        mc_transport_shutdown(mc->transport);
     }
 }

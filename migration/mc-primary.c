@@ -183,7 +183,7 @@ static void *mc_primary_rx_thread(void *opaque)
         qemu_mutex_lock(&mc->lock);
         switch (h.type) {
         case MC_MSG_READY:
-            mc->ready = true;
+            mc_session_set_state(mc, MC_STATE_ACTIVE);
             break;
         case MC_MSG_ACK:
             if (h.epoch > mc->taken_epoch) {
@@ -228,7 +228,7 @@ out:
 /* Why the loop must stop, or false to go on.  Called with mc->lock. */
 bool mc_primary_should_stop(MCSession *mc, MigrationState *s)
 {
-    return mc->lost || mc->failover_requested || mc->cancel_requested ||
+    return (mc->state != MC_STATE_SETUP && mc->state != MC_STATE_ACTIVE) ||
            qatomic_read(&s->state) != MIGRATION_STATUS_MC;
 }
 
@@ -377,7 +377,7 @@ static void *mc_primary_tx_thread(void *opaque)
             mc->send_next = mc->resend_from;
             mc->resend_from = 0;
         }
-        if (mc->tx_stop || mc->lost) {
+        if (mc->tx_stop || mc->loss_reason != MC_LOSS_NONE) {
             break;
         }
         if (mc->send_next > mc->taken_epoch ||
@@ -438,7 +438,7 @@ static void mc_primary_tx_stop(MCSession *mc)
     busy = mc->tx_busy;
     qemu_mutex_unlock(&mc->lock);
     if (busy) {
-        qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        mc_transport_shutdown(mc->transport);
     }
     qemu_thread_join(&mc->tx_thread);
     mc->tx_started = false;
@@ -516,11 +516,12 @@ static bool mc_primary_wait_ready(MCSession *mc, MigrationState *s)
     bool ready;
 
     qemu_mutex_lock(&mc->lock);
-    while (!mc->ready && !mc_primary_should_stop(mc, s) &&
+    while (mc->state == MC_STATE_SETUP && !mc_primary_should_stop(mc, s) &&
            mc_now_us() < deadline) {
         qemu_cond_timedwait(&mc->cond, &mc->lock, 100);
     }
-    ready = mc->ready;
+    /* else it timed out or was lost first; cancel and mc-failover go on */
+    ready = mc->state != MC_STATE_SETUP && mc->state != MC_STATE_LOST;
     qemu_mutex_unlock(&mc->lock);
     return ready;
 }
@@ -539,32 +540,14 @@ static bool mc_primary_wait_ready(MCSession *mc, MigrationState *s)
  */
 static void mc_primary_tell_stop(MCSession *mc, uint32_t why, bool alive)
 {
-    uint8_t hdr[MC_WIRE_HDR_SIZE];
-    MCWireHeader h = { .type = MC_MSG_STOP, .flags = why };
     int64_t deadline = mc_now_us();
-    size_t done = 0;
+    bool queued;
 
     if (alive) {
         deadline += migrate_mc_heartbeat_timeout() * 1000LL;
     }
-    mc_wire_encode(&h, hdr);
-    qio_channel_set_blocking(mc->ioc, false, NULL);
-    qemu_mutex_lock(&mc->send_lock);
-    for (;;) {
-        ssize_t n = qio_channel_write(mc->ioc, (char *)hdr + done,
-                                      sizeof(hdr) - done, NULL);
-
-        if (n > 0) {
-            done += n;
-        }
-        if (done == sizeof(hdr) || (n < 0 && n != QIO_CHANNEL_ERR_BLOCK) ||
-            mc_now_us() >= deadline) {
-            break;
-        }
-        g_usleep(5000);
-    }
-    qemu_mutex_unlock(&mc->send_lock);
-    trace_mc_primary_tell_stop(why, done == sizeof(hdr));
+    queued = mc_transport_send_by(mc->transport, MC_MSG_STOP, why, deadline);
+    trace_mc_primary_tell_stop(why, queued);
 }
 
 /* End of the initial downtime: the guest runs from here on. */
@@ -616,9 +599,7 @@ void mc_primary_run(MigrationState *s)
         mc->stats.throttle_percentage = pct;
         mc->stats.throttle_max_percentage = pct;
         mc_staging_set_room_fn(mc->staging, mc_primary_make_room, mc);
-        qio_channel_set_blocking(ioc, true, NULL);
-        /* small ACKs and heartbeats must not wait for delayed ACKs */
-        qio_channel_set_delay(ioc, false);
+        mc_transport_setup(mc->transport);
         qemu_thread_create(&mc->rx_thread, "mc-rx", mc_primary_rx_thread,
                            mc, QEMU_THREAD_JOINABLE);
         mc->rx_started = true;
@@ -705,25 +686,23 @@ void mc_primary_run(MigrationState *s)
         }
     } else {
         qemu_mutex_lock(&mc->lock);
-        if (!mc->lost && !mc_primary_should_stop(mc, s)) {
-            mc->lost = true;
-            mc->loss_reason = MC_LOSS_REASON_HEARTBEAT_TIMEOUT;
+        if (!mc_primary_should_stop(mc, s)) {
+            mc_session_lost(mc, MC_LOSS_REASON_HEARTBEAT_TIMEOUT);
         }
         qemu_mutex_unlock(&mc->lock);
         error_setg(&err, "MC: the standby did not become ready");
     }
 
     qemu_mutex_lock(&mc->lock);
-    if (err && !mc->lost) {
+    if (err) {
         /* a checkpoint could not be taken: the guest runs unprotected */
-        mc->lost = true;
-        mc->loss_reason = mc->staging->overflow ?
-            MC_LOSS_REASON_CHECKPOINT_TOO_LARGE :
-            MC_LOSS_REASON_PROTOCOL_ERROR;
+        mc_session_lost(mc, mc->staging->overflow ?
+                        MC_LOSS_REASON_CHECKPOINT_TOO_LARGE :
+                        MC_LOSS_REASON_PROTOCOL_ERROR);
     }
-    cancelled = mc->cancel_requested ||
+    cancelled = mc->state == MC_STATE_CANCELLING ||
                 qatomic_read(&s->state) == MIGRATION_STATUS_CANCELLING;
-    lost = mc->lost;
+    lost = mc->loss_reason != MC_LOSS_NONE;
     reason = mc->loss_reason;
     qemu_mutex_unlock(&mc->lock);
     /*
@@ -739,16 +718,16 @@ void mc_primary_run(MigrationState *s)
         /* Never act alone: keep what the guest sent until told. */
         qapi_event_send_mc_peer_lost(MC_ROLE_PRIMARY, reason);
         qemu_mutex_lock(&mc->lock);
-        while (!mc->failover_requested && !mc->cancel_requested &&
+        while (mc->state == MC_STATE_LOST &&
                qatomic_read(&s->state) == MIGRATION_STATUS_MC) {
             qemu_cond_wait(&mc->cond, &mc->lock);
         }
-        cancelled = mc->cancel_requested ||
+        cancelled = mc->state == MC_STATE_CANCELLING ||
                     qatomic_read(&s->state) == MIGRATION_STATUS_CANCELLING;
         qemu_mutex_unlock(&mc->lock);
     }
     qemu_mutex_lock(&mc->lock);
-    requested = mc->failover_requested;
+    requested = mc->state == MC_STATE_FAILOVER_REQUESTED;
     qemu_mutex_unlock(&mc->lock);
 
     /* No checkpoint is sent after STOP; the ring is dropped */
@@ -776,7 +755,8 @@ void mc_primary_run(MigrationState *s)
         migrate_set_state(&s->state, MIGRATION_STATUS_MC,
                           MIGRATION_STATUS_CANCELLING);
     } else {
-        if (requested && !lost) {
+        if (!lost) {
+            /* mc-failover, or management moved the migration state on */
             reason = MC_LOSS_REASON_REQUEST;
         }
         end_state = requested ? MIGRATION_STATUS_COMPLETED :
@@ -820,8 +800,7 @@ bool mc_primary_cancel(MigrationStatus old_state)
         return false;
     }
     qemu_mutex_lock(&mc->lock);
-    mc->cancel_requested = true;
-    qemu_cond_broadcast(&mc->cond);
+    mc_session_set_state(mc, MC_STATE_CANCELLING);
     qemu_mutex_unlock(&mc->lock);
     /*
      * QEMU may be quitting: let the loop tell the standby first, or it

@@ -15,6 +15,8 @@
  *                   load, resume) and mc-failover
  *   mc-participant.c output commit and disks: what a checkpoint holds
  *                   back and releases (filter-mc.c, mc-block.c)
+ *   mc-transport.c  messages to and from the peer (framing, one sender at
+ *                   a time); mc-transport-socket.c carries their bytes
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -27,7 +29,7 @@
 #include "io/channel.h"
 #include "mc.h"
 #include "mc-staging.h"
-#include "mc-wire.h"
+#include "mc-transport.h"
 
 /*
  * Checkpoints in flight.  The staging buffer is used as a ring: each
@@ -43,10 +45,24 @@ typedef struct MCSlot {
     unsigned resends;
 } MCSlot;
 
+/*
+ * The session's state (QAPI MCState), one per side.  Events that end MC
+ * race (a loss, migrate_cancel, mc-failover, STOP from the primary): the
+ * first one moves the state and later ones are refused, so every path
+ * out of MC starts from exactly one state.  mc_session_set_state() checks
+ * each change against mc_state_next[] (mc.c) and traces it.
+ *
+ *   primary  setup -> active -> lost | cancelling | failover-requested
+ *            (lost -> cancelling | failover-requested under manual)
+ *   standby  setup -> active -> lost | stopping | failover-requested
+ *            -> (mc_standby_decide_bh) failover | stopped | waiting
+ *            waiting -> failover (mc-failover); failover -> stopped
+ *            when the devices cannot be loaded
+ */
 typedef struct MCSession {
     /* Set up once, read by every thread */
     MCRole role;
-    QIOChannel *ioc;
+    MCTransport *transport;     /* to the peer; does its own locking */
     MCStaging *staging;
     QEMUFile *sfile;            /* primary: output, standby: input */
 
@@ -56,12 +72,13 @@ typedef struct MCSession {
     QemuThread tx_thread;       /* primary */
     bool rx_started, hb_started, tx_started;
     QemuSemaphore hb_sem;       /* posted to stop the heartbeat thread */
-    QemuMutex send_lock;        /* one message at a time on the wire */
 
     /* Protected by lock; cond wakes whoever waits on any of them */
     QemuMutex lock;
     QemuCond cond;
-    bool ready;                 /* standby loaded the initial state */
+    MCState state;              /* changed by mc_session_set_state only */
+    MCLossReason loss_reason;   /* MC_LOSS_NONE, or the first detection */
+    MCLossReason end_reason;    /* why the guest runs on without a peer */
     uint64_t acked_epoch;
     /* Primary: checkpoints taken and not yet acknowledged, oldest first */
     MCSlot ring[MC_RING_SLOTS];
@@ -71,20 +88,9 @@ typedef struct MCSession {
     uint64_t resend_from;       /* 0, or go back to this one (refused) */
     bool tx_busy;               /* the tx thread is sending */
     bool tx_stop;               /* the tx thread must end */
-    bool lost;                  /* the peer is gone, for loss_reason */
-    MCLossReason loss_reason;   /* the first detection wins */
-    bool stop_received;         /* standby: primary said leave MC */
-    bool failover_requested;    /* mc-failover */
-    bool cancel_requested;      /* primary: migrate_cancel */
-    bool finished;              /* standby: rx thread is done */
-    int outcome;                /* standby: MC_OUTCOME_*, once finished */
     Error *error;               /* the first error that ended MC */
     MCInfo stats;
     uint64_t pause_total_us, transfer_total_us;     /* for the averages */
-
-    /* Atomic */
-    int64_t last_rx_us;
-    int64_t last_tx_us;
 
     /* Standby: rx thread while it runs, then the main loop (BQL) */
     MigrationIncomingState *mis;
@@ -109,12 +115,8 @@ typedef struct MCSession {
 /* The running session, or NULL.  Set and cleared with the BQL held. */
 extern MCSession *mc_current;
 
-enum {
-    MC_OUTCOME_NONE,
-    MC_OUTCOME_FAILOVER,        /* resume the guest here */
-    MC_OUTCOME_STOP,            /* stay stopped */
-    MC_OUTCOME_WAIT,            /* wait for mc-failover */
-};
+/* loss_reason before the peer is lost (not a QAPI value: see mc_loss_str) */
+#define MC_LOSS_NONE            MC_LOSS_REASON__MAX
 
 /* Why the standby refuses a checkpoint (NACK flags) */
 enum {
@@ -140,6 +142,9 @@ void *mc_hb_thread(void *opaque);
 void mc_threads_stop(MCSession *mc);
 bool mc_recv_header(MCSession *mc, uint64_t max_len, MCWireHeader *h);
 void mc_session_fail(MCSession *mc, Error *err);
+bool mc_session_set_state(MCSession *mc, MCState to);
+bool mc_session_lost(MCSession *mc, MCLossReason reason);
+const char *mc_loss_str(MCLossReason reason);
 void mc_session_fail_locked(MCSession *mc, Error *err);
 
 /* mc-primary.c */

@@ -27,9 +27,6 @@
 #include "mc-session.h"
 #include "trace.h"
 
-/* Receive a checkpoint in pieces, so a long one still counts as traffic. */
-#define MC_RECV_CHUNK           (1 * MiB)
-
 /*
  * Receive checkpoint @h into staging and verify it.  Returns 1 when it is
  * whole and intact, 0 when it is corrupt (the stream is still in step), -1
@@ -38,25 +35,13 @@
 static int mc_checkpoint_receive(MCSession *mc, const MCWireHeader *h,
                                  Error **errp)
 {
-    size_t got = 0;
+    int ret = mc_transport_recv_payload(mc->transport, h, mc->staging->data,
+                                        errp);
 
-    while (got < h->len) {
-        size_t n = MIN(h->len - got, MC_RECV_CHUNK);
-
-        if (qio_channel_read_all(mc->ioc, (char *)mc->staging->data + got, n,
-                                 errp) < 0) {
-            error_prepend(errp, "MC: checkpoint %" PRIu64 " truncated: ",
-                          h->epoch);
-            return -1;
-        }
-        got += n;
-        qatomic_set(&mc->last_rx_us, mc_now_us());
+    if (ret >= 0) {
+        mc->staging->high_water = MAX(mc->staging->high_water, h->len);
     }
-    mc->staging->high_water = MAX(mc->staging->high_water, got);
-    if (mc_wire_check_payload(h, mc->staging->data, errp) < 0) {
-        return 0;
-    }
-    return 1;
+    return ret;
 }
 
 /*
@@ -130,7 +115,7 @@ static void *mc_standby_rx_thread(void *opaque)
         }
         if (h.type == MC_MSG_STOP) {
             qemu_mutex_lock(&mc->lock);
-            mc->stop_received = true;
+            mc_session_set_state(mc, MC_STATE_STOPPING);
             qemu_mutex_unlock(&mc->lock);
             trace_mc_standby_stop(h.flags);
             break;
@@ -167,7 +152,8 @@ static void *mc_standby_rx_thread(void *opaque)
         bql_lock();
         ret = mc_checkpoint_apply(mc, &h);
         bql_unlock();
-        qatomic_set(&mc->last_rx_us, mc_now_us());
+        /* applying a large checkpoint is not silence */
+        qatomic_set(&mc->transport->last_rx_us, mc_now_us());
         if (ret < 0) {
             /* half applied: this standby is no longer a valid copy */
             error_setg_errno(&err, -ret, "MC: applying checkpoint %" PRIu64
@@ -176,7 +162,8 @@ static void *mc_standby_rx_thread(void *opaque)
             mc_send(mc, MC_MSG_NACK, MC_NACK_APPLY_FAILED, h.epoch, NULL, 0,
                     NULL);
             qemu_mutex_lock(&mc->lock);
-            mc->stop_received = true;   /* stay stopped, never resume */
+            /* stay stopped, never resume */
+            mc_session_set_state(mc, MC_STATE_STOPPING);
             qemu_mutex_unlock(&mc->lock);
             break;
         }
@@ -193,9 +180,6 @@ static void *mc_standby_rx_thread(void *opaque)
         trace_mc_checkpoint_applied(h.epoch, h.len);
     }
 
-    qemu_mutex_lock(&mc->lock);
-    mc->finished = true;
-    qemu_mutex_unlock(&mc->lock);
     aio_bh_schedule_oneshot(qemu_get_aio_context(), mc_standby_decide_bh, mc);
     rcu_unregister_thread();
     return NULL;
@@ -231,10 +215,13 @@ bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
     mc_current = mc;
     migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
                       MIGRATION_STATUS_MC);
-    qio_channel_set_blocking(ioc, true, NULL);
-    qio_channel_set_delay(ioc, false);
+    mc_transport_setup(mc->transport);
     trace_mc_standby_start(mc->staging->capacity);
 
+    /* the initial state is loaded: this side is a valid copy from here */
+    qemu_mutex_lock(&mc->lock);
+    mc_session_set_state(mc, MC_STATE_ACTIVE);
+    qemu_mutex_unlock(&mc->lock);
     qemu_thread_create(&mc->rx_thread, "mc-rx", mc_standby_rx_thread, mc,
                        QEMU_THREAD_JOINABLE);
     mc->rx_started = true;
@@ -247,17 +234,14 @@ bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
 
     mc_threads_stop(mc);
     mc_current = NULL;
-    failover = mc->outcome == MC_OUTCOME_FAILOVER;
+    failover = mc->state == MC_STATE_FAILOVER;
     migrate_set_state(&mis->state, MIGRATION_STATUS_MC,
                       MIGRATION_STATUS_ACTIVE);
     if (failover) {
-        MCLossReason reason = mc->failover_requested ?
-            MC_LOSS_REASON_REQUEST : mc->loss_reason;
-
         /* the guest continues from the last applied checkpoint */
         autostart = true;
         trace_mc_failover(MCRole_str(MC_ROLE_STANDBY), mc->applied_epoch);
-        qapi_event_send_mc_failover(MC_ROLE_STANDBY, reason,
+        qapi_event_send_mc_failover(MC_ROLE_STANDBY, mc->end_reason,
                                     mc->applied_epoch);
     } else {
         runstate_set(RUN_STATE_PAUSED);

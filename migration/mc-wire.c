@@ -18,9 +18,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "qemu/bswap.h"
-#include "io/channel.h"
 #include "mc-wire.h"
-#include "trace.h"
 #include <zlib.h>
 
 static const char *const mc_msg_names[MC_MSG__MAX] = {
@@ -122,53 +120,4 @@ int mc_wire_check_payload(const MCWireHeader *h, const void *payload,
         return -1;
     }
     return 0;
-}
-
-int mc_wire_send(QIOChannel *ioc, MCMsgType type, uint32_t flags,
-                 uint64_t epoch, const struct iovec *iov, size_t niov,
-                 Error **errp)
-{
-    MCWireHeader h = { .type = type, .flags = flags, .epoch = epoch };
-    uint8_t hdr[MC_WIRE_HDR_SIZE];
-    struct iovec *all = g_newa(struct iovec, niov + 1);
-    size_t i;
-
-    for (i = 0; i < niov; i++) {
-        h.len += iov[i].iov_len;
-        h.payload_csum = mc_wire_csum(h.payload_csum, iov[i].iov_base,
-                                      iov[i].iov_len);
-        all[i + 1] = iov[i];
-    }
-    mc_wire_encode(&h, hdr);
-    all[0].iov_base = hdr;
-    all[0].iov_len = sizeof(hdr);
-    trace_mc_wire_send(mc_msg_name(type), epoch, h.len);
-    return qio_channel_writev_all(ioc, all, niov + 1, errp);
-}
-
-int mc_wire_recv_header(QIOChannel *ioc, uint64_t max_len, MCWireHeader *h,
-                        Error **errp)
-{
-    uint8_t hdr[MC_WIRE_HDR_SIZE];
-    int ret = qio_channel_read_all_eof(ioc, (char *)hdr, sizeof(hdr), errp);
-
-    if (ret <= 0) {
-        return ret;
-    }
-    if (mc_wire_decode(hdr, max_len, h, errp) < 0) {
-        return MC_WIRE_BAD_HEADER;
-    }
-    trace_mc_wire_recv(mc_msg_name(h->type), h->epoch, h->len);
-    return 1;
-}
-
-int mc_wire_recv_payload(QIOChannel *ioc, const MCWireHeader *h, void *buf,
-                         Error **errp)
-{
-    if (h->len && qio_channel_read_all(ioc, buf, h->len, errp) < 0) {
-        error_prepend(errp, "MC: checkpoint %" PRIu64 " truncated: ",
-                      h->epoch);
-        return -1;
-    }
-    return mc_wire_check_payload(h, buf, errp);
 }

@@ -5,15 +5,14 @@
  * payload.  The header carries its own checksum, so a corrupt length is
  * caught before anything is read on its account; the payload carries a
  * second checksum, so a checkpoint is applied only when all of it arrived
- * intact.  See docs/devel/micro-checkpointing.rst for the format.
+ * intact.  Sending and receiving: mc-transport.h.  The format:
+ * docs/devel/micro-checkpointing.rst.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #ifndef QEMU_MIGRATION_MC_WIRE_H
 #define QEMU_MIGRATION_MC_WIRE_H
-
-#include "io/channel.h"
 
 #define MC_WIRE_MAGIC       0x514d434bU     /* "QMCK" */
 #define MC_WIRE_VERSION     2   /* 2: checkpoints end with a trailer */
@@ -59,31 +58,7 @@ int mc_wire_decode(const uint8_t buf[MC_WIRE_HDR_SIZE], uint64_t max_len,
 int mc_wire_check_payload(const MCWireHeader *h, const void *payload,
                           Error **errp);
 
-/*
- * Send one message: header then @niov payload pieces whose total length is
- * the payload length.  The payload checksum is computed here.  Blocking;
- * returns 0 or -1 with @errp.
- */
-int mc_wire_send(QIOChannel *ioc, MCMsgType type, uint32_t flags,
-                 uint64_t epoch, const struct iovec *iov, size_t niov,
-                 Error **errp);
-
+/* mc_transport_recv_header: the header arrived whole but is invalid */
 #define MC_WIRE_BAD_HEADER  (-2)
-
-/*
- * Receive one header (blocking).  Returns 1 on a valid header, 0 on a
- * clean end of stream before any byte of it, -1 with @errp on an I/O
- * error or a truncated header, MC_WIRE_BAD_HEADER with @errp when the
- * header arrived whole but is invalid (the peer speaks nonsense).
- */
-int mc_wire_recv_header(QIOChannel *ioc, uint64_t max_len, MCWireHeader *h,
-                        Error **errp);
-
-/*
- * Receive the payload announced by @h into @buf (at least h->len bytes)
- * and verify it.  Returns 0 or -1 with @errp (truncated or corrupt).
- */
-int mc_wire_recv_payload(QIOChannel *ioc, const MCWireHeader *h, void *buf,
-                         Error **errp);
 
 #endif

@@ -37,27 +37,105 @@ int64_t mc_now_us(void)
 MCSession *mc_session_new(MCRole role, QIOChannel *ioc, Error **errp)
 {
     MCSession *mc;
-    MCStaging *st = mc_staging_new(migrate_mc_max_buffer_size(), errp);
+    MCTransport *t = mc_transport_new(ioc, errp);
+    MCStaging *st;
 
+    if (!t) {
+        return NULL;
+    }
+    st = mc_staging_new(migrate_mc_max_buffer_size(), errp);
     if (!st) {
+        mc_transport_free(t);
         return NULL;
     }
     mc = g_new0(MCSession, 1);
     mc->role = role;
-    mc->ioc = ioc;
-    object_ref(OBJECT(ioc));
+    mc->transport = t;
     mc->staging = st;
     mc->sfile = role == MC_ROLE_PRIMARY ?
         qemu_file_new_output(QIO_CHANNEL(st)) :
         qemu_file_new_input(QIO_CHANNEL(st));
     qemu_sem_init(&mc->hb_sem, 0);
-    qemu_mutex_init(&mc->send_lock);
     qemu_mutex_init(&mc->lock);
     qemu_cond_init(&mc->cond);
-    mc->last_rx_us = mc->last_tx_us = mc_now_us();
+    mc->state = MC_STATE_SETUP;
+    mc->loss_reason = mc->end_reason = MC_LOSS_NONE;
     mc->stats.role = role;
+    mc->stats.state = MC_STATE_SETUP;
     mc->stats.staging_size = st->capacity;
     return mc;
+}
+
+#define MC_STATE_BIT(s)     (1u << MC_STATE_##s)
+
+/* Where a session may go from each state; the rest are refused. */
+static const unsigned mc_state_next[MC_STATE__MAX] = {
+    [MC_STATE_SETUP] = MC_STATE_BIT(ACTIVE) | MC_STATE_BIT(LOST) |
+        MC_STATE_BIT(CANCELLING) | MC_STATE_BIT(FAILOVER_REQUESTED),
+    [MC_STATE_ACTIVE] = MC_STATE_BIT(LOST) | MC_STATE_BIT(CANCELLING) |
+        MC_STATE_BIT(FAILOVER_REQUESTED) | MC_STATE_BIT(STOPPING),
+    /* a STOP read before the loss was noticed still counts */
+    [MC_STATE_LOST] = MC_STATE_BIT(CANCELLING) |
+        MC_STATE_BIT(FAILOVER_REQUESTED) | MC_STATE_BIT(STOPPING) |
+        MC_STATE_BIT(WAITING) | MC_STATE_BIT(FAILOVER),
+    /* a primary alive enough to say STOP wins over mc-failover */
+    [MC_STATE_FAILOVER_REQUESTED] = MC_STATE_BIT(CANCELLING) |
+        MC_STATE_BIT(STOPPING) | MC_STATE_BIT(FAILOVER),
+    [MC_STATE_STOPPING] = MC_STATE_BIT(STOPPED),
+    [MC_STATE_WAITING] = MC_STATE_BIT(FAILOVER),
+    /* the devices of the last checkpoint could not be loaded */
+    [MC_STATE_FAILOVER] = MC_STATE_BIT(STOPPED),
+};
+
+/* The states only one role has */
+static const unsigned mc_state_primary_only = MC_STATE_BIT(CANCELLING);
+static const unsigned mc_state_standby_only = MC_STATE_BIT(STOPPING) |
+    MC_STATE_BIT(WAITING) | MC_STATE_BIT(FAILOVER) | MC_STATE_BIT(STOPPED);
+
+/*
+ * Move the session to @to if that is allowed from where it is; false
+ * (and nothing changes) if not.  Wakes whoever waits on mc->cond.
+ * mc->lock held.
+ */
+bool mc_session_set_state(MCSession *mc, MCState to)
+{
+    MCState from = mc->state;
+    unsigned other_role = mc->role == MC_ROLE_PRIMARY ?
+        mc_state_standby_only : mc_state_primary_only;
+    bool ok = (mc_state_next[from] & (1u << to)) && !(other_role & (1u << to));
+
+    trace_mc_state(MCRole_str(mc->role), MCState_str(from), MCState_str(to),
+                   ok);
+    if (ok) {
+        mc->state = to;
+        mc->stats.state = to;
+        qemu_cond_broadcast(&mc->cond);
+    }
+    return ok;
+}
+
+/* For traces: MCLossReason_str() asserts on MC_LOSS_NONE */
+const char *mc_loss_str(MCLossReason reason)
+{
+    return reason == MC_LOSS_NONE ? "none" : MCLossReason_str(reason);
+}
+
+/*
+ * The peer is lost for @reason.  Only the first detection counts (see
+ * mc_peer_lost); a session still in MC moves to "lost".  True if this
+ * was the first.  mc->lock held.
+ */
+bool mc_session_lost(MCSession *mc, MCLossReason reason)
+{
+    if (mc->loss_reason != MC_LOSS_NONE) {
+        return false;
+    }
+    mc->loss_reason = reason;
+    if (mc->state == MC_STATE_SETUP || mc->state == MC_STATE_ACTIVE) {
+        mc_session_set_state(mc, MC_STATE_LOST);
+    }
+    qemu_cond_broadcast(&mc->cond);
+    return true;
 }
 
 /*
@@ -99,10 +177,9 @@ void mc_session_free(MCSession *mc)
     if (mc->devices) {
         object_unref(OBJECT(mc->devices));
     }
-    object_unref(OBJECT(mc->ioc));
+    mc_transport_free(mc->transport);
     error_free(mc->error);
     qemu_sem_destroy(&mc->hb_sem);
-    qemu_mutex_destroy(&mc->send_lock);
     qemu_mutex_destroy(&mc->lock);
     qemu_cond_destroy(&mc->cond);
     g_free(mc);
@@ -112,15 +189,8 @@ int mc_send(MCSession *mc, MCMsgType type, uint32_t flags,
             uint64_t epoch, const struct iovec *iov, size_t niov,
             Error **errp)
 {
-    int ret;
-
-    qemu_mutex_lock(&mc->send_lock);
-    ret = mc_wire_send(mc->ioc, type, flags, epoch, iov, niov, errp);
-    qemu_mutex_unlock(&mc->send_lock);
-    if (ret == 0) {
-        qatomic_set(&mc->last_tx_us, mc_now_us());
-    }
-    return ret;
+    return mc_transport_send(mc->transport, type, flags, epoch, iov, niov,
+                             errp);
 }
 
 /*
@@ -137,12 +207,7 @@ void mc_peer_lost(MCSession *mc, MCLossReason reason)
     bool first;
 
     qemu_mutex_lock(&mc->lock);
-    first = !mc->lost;
-    if (first) {
-        mc->lost = true;
-        mc->loss_reason = reason;
-    }
-    qemu_cond_broadcast(&mc->cond);
+    first = mc_session_lost(mc, reason);
     qemu_mutex_unlock(&mc->lock);
     if (first) {
         trace_mc_peer_lost(MCRole_str(mc->role), MCLossReason_str(reason));
@@ -155,7 +220,7 @@ void mc_peer_lost(MCSession *mc, MCLossReason reason)
          */
         if (mc->role != MC_ROLE_PRIMARY ||
             reason != MC_LOSS_REASON_PROTOCOL_ERROR) {
-            qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+            mc_transport_shutdown(mc->transport);
         }
     }
 }
@@ -174,20 +239,16 @@ void *mc_hb_thread(void *opaque)
             break;
         }
         now = mc_now_us();
-        if (now - qatomic_read(&mc->last_rx_us) > timeout_us) {
+        if (now - qatomic_read(&mc->transport->last_rx_us) > timeout_us) {
             mc_peer_lost(mc, MC_LOSS_REASON_HEARTBEAT_TIMEOUT);
             break;
         }
         /* A sender busy with a checkpoint is traffic enough: don't queue. */
-        if (now - qatomic_read(&mc->last_tx_us) >= timeout_us / 4 &&
-            qemu_mutex_trylock(&mc->send_lock) == 0) {
-            int ret = mc_wire_send(mc->ioc, mc->role == MC_ROLE_PRIMARY ?
-                                   MC_MSG_HEARTBEAT : MC_MSG_STANDBY_HEARTBEAT,
-                                   0, 0, NULL, 0, NULL);
-            qemu_mutex_unlock(&mc->send_lock);
-            if (ret == 0) {
-                qatomic_set(&mc->last_tx_us, mc_now_us());
-            }
+        if (now - qatomic_read(&mc->transport->last_tx_us) >=
+            timeout_us / 4) {
+            mc_transport_try_send(mc->transport, mc->role == MC_ROLE_PRIMARY ?
+                                  MC_MSG_HEARTBEAT :
+                                  MC_MSG_STANDBY_HEARTBEAT, 0);
         }
     }
     rcu_unregister_thread();
@@ -196,7 +257,7 @@ void *mc_hb_thread(void *opaque)
 
 void mc_threads_stop(MCSession *mc)
 {
-    qio_channel_shutdown(mc->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    mc_transport_shutdown(mc->transport);
     if (mc->tx_started) {
         qemu_mutex_lock(&mc->lock);
         mc->tx_stop = true;
@@ -224,10 +285,9 @@ void mc_threads_stop(MCSession *mc)
 bool mc_recv_header(MCSession *mc, uint64_t max_len, MCWireHeader *h)
 {
     Error *err = NULL;
-    int ret = mc_wire_recv_header(mc->ioc, max_len, h, &err);
+    int ret = mc_transport_recv_header(mc->transport, max_len, h, &err);
 
     if (ret > 0) {
-        qatomic_set(&mc->last_rx_us, mc_now_us());
         return true;
     }
     if (ret == MC_WIRE_BAD_HEADER) {

@@ -63,6 +63,17 @@ static uint64_t mc_stat(QTestState *who, const char *name)
     return v;
 }
 
+/* The session state of @who (MCState), kept after MC ends */
+static void mc_assert_state(QTestState *who, const char *want)
+{
+    QDict *rsp = mc_query(who);
+    QDict *mc = qdict_get_qdict(rsp, "mc");
+
+    g_assert(mc);
+    g_assert_cmpstr(qdict_get_str(mc, "state"), ==, want);
+    qobject_unref(rsp);
+}
+
 static int64_t mc_param(QTestState *who, const char *name)
 {
     QDict *rsp = qtest_qmp_assert_success_ref(who,
@@ -343,6 +354,8 @@ static void test_mc_basic(void)
     qobject_unref(rsp);
     g_assert_cmpstr(rs = mc_runstate(from), ==, "running");
     g_assert_cmpint(mc_stat(to, "applied"), >=, 1);
+    mc_assert_state(from, "active");
+    mc_assert_state(to, "active");
 
     /* Parameters change while MC runs: QMP and HMP. */
     migrate_set_parameter_int(from, "mc-delay", 0);
@@ -364,6 +377,8 @@ static void test_mc_basic(void)
     mc_wait_status(to, "completed");
     g_free(rs);
     g_assert_cmpstr(rs = mc_runstate(to), ==, "paused");
+    mc_assert_state(from, "cancelling");
+    mc_assert_state(to, "stopped");
 
     qtest_quit(from);
     qtest_quit(to);
@@ -384,6 +399,7 @@ static void test_mc_quit_primary(void)
     rs = mc_runstate(to);
     g_assert_cmpstr(rs, ==, "paused");
     g_assert_null(qtest_qmp_event_ref(to, "MC_FAILOVER"));
+    mc_assert_state(to, "stopped");
     qtest_quit(to);
     mc_cleanup(tls);
 }
@@ -684,7 +700,9 @@ static void test_mc_truncated_checkpoint(void)
 
     /* manual: the primary also waits, holding on; drop it for good */
     qobject_unref(qtest_qmp_eventwait_ref(from, "MC_PEER_LOST"));
+    mc_assert_state(from, "lost");
     mc_reap_killed(from);
+    mc_assert_state(to, "waiting");
 
     applied = mc_stat(to, "applied");
     {
@@ -699,6 +717,7 @@ static void test_mc_truncated_checkpoint(void)
                     applied);
     qobject_unref(ev);
     mc_check_resumed(to);
+    mc_assert_state(to, "failover");
     qtest_quit(to);
     mc_cleanup(NULL);
 }
@@ -746,6 +765,8 @@ static void test_mc_partition(void)
         g_assert_cmpstr(rs, ==, "running");
     }
     g_assert_null(qtest_qmp_event_ref(to, "MC_FAILOVER"));
+    mc_assert_state(to, "waiting");
+    mc_assert_state(from, "lost");
 
     qtest_quit(from);
     qtest_quit(to);

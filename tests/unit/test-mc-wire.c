@@ -1,22 +1,36 @@
 /*
- * Unit tests for the MC wire protocol: framing, checksums, and refusal of
- * every kind of bad input a broken or hostile peer can send.
+ * Unit tests for the MC wire protocol and the socket transport: framing,
+ * checksums, refusal of every kind of bad input a broken or hostile peer
+ * can send, and a last message to a peer that does not read.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #include "qemu/osdep.h"
+#include "qemu/timer.h"
 #include "qapi/error.h"
 #include "io/channel-socket.h"
 #include "../migration/mc-wire.h"
+#include "../migration/mc-transport.h"
 
-static void make_pair(QIOChannel **a, QIOChannel **b)
+static MCTransport *make_transport(int fd)
+{
+    QIOChannel *ioc = QIO_CHANNEL(qio_channel_socket_new_fd(fd,
+                                                            &error_abort));
+    MCTransport *t = mc_transport_new(ioc, &error_abort);
+
+    object_unref(OBJECT(ioc));      /* the transport holds it */
+    mc_transport_setup(t);
+    return t;
+}
+
+static void make_pair(MCTransport **a, MCTransport **b)
 {
     int sv[2];
 
     g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), ==, 0);
-    *a = QIO_CHANNEL(qio_channel_socket_new_fd(sv[0], &error_abort));
-    *b = QIO_CHANNEL(qio_channel_socket_new_fd(sv[1], &error_abort));
+    *a = make_transport(sv[0]);
+    *b = make_transport(sv[1]);
 }
 
 static void test_header_roundtrip(void)
@@ -98,7 +112,7 @@ static void test_header_refusals(void)
 
 static void test_stream_roundtrip(void)
 {
-    QIOChannel *a, *b;
+    MCTransport *a, *b;
     char p1[] = "hello, ", p2[] = "standby";
     struct iovec iov[2] = {
         { .iov_base = p1, .iov_len = strlen(p1) },
@@ -108,28 +122,29 @@ static void test_stream_roundtrip(void)
     char buf[64] = "";
 
     make_pair(&a, &b);
-    g_assert_cmpint(mc_wire_send(a, MC_MSG_CHECKPOINT, 0, 5, iov, 2,
-                                 &error_abort), ==, 0);
-    g_assert_cmpint(mc_wire_send(a, MC_MSG_HEARTBEAT, 0, 5, NULL, 0,
-                                 &error_abort), ==, 0);
-    g_assert_cmpint(mc_wire_recv_header(b, 64, &h, &error_abort), ==, 1);
+    g_assert_cmpint(mc_transport_send(a, MC_MSG_CHECKPOINT, 0, 5, iov, 2,
+                                      &error_abort), ==, 0);
+    g_assert_cmpint(mc_transport_send(a, MC_MSG_HEARTBEAT, 0, 5, NULL, 0,
+                                      &error_abort), ==, 0);
+    g_assert_cmpint(mc_transport_recv_header(b, 64, &h, &error_abort), ==, 1);
     g_assert_cmpint(h.type, ==, MC_MSG_CHECKPOINT);
     g_assert_cmpuint(h.epoch, ==, 5);
     g_assert_cmpuint(h.len, ==, 14);
-    g_assert_cmpint(mc_wire_recv_payload(b, &h, buf, &error_abort), ==, 0);
+    g_assert_cmpint(mc_transport_recv_payload(b, &h, buf, &error_abort),
+                    ==, 1);
     g_assert_cmpstr(buf, ==, "hello, standby");
-    g_assert_cmpint(mc_wire_recv_header(b, 64, &h, &error_abort), ==, 1);
+    g_assert_cmpint(mc_transport_recv_header(b, 64, &h, &error_abort), ==, 1);
     g_assert_cmpint(h.type, ==, MC_MSG_HEARTBEAT);
     /* a clean close between messages is an orderly end of stream */
-    object_unref(OBJECT(a));
-    g_assert_cmpint(mc_wire_recv_header(b, 64, &h, &error_abort), ==, 0);
-    object_unref(OBJECT(b));
+    mc_transport_free(a);
+    g_assert_cmpint(mc_transport_recv_header(b, 64, &h, &error_abort), ==, 0);
+    mc_transport_free(b);
 }
 
 /* The payload is damaged in flight: the header is fine, the data is not. */
 static void test_stream_corrupt_payload(void)
 {
-    QIOChannel *a, *b;
+    MCTransport *a, *b;
     uint8_t payload[1000], hdr[MC_WIRE_HDR_SIZE], buf[1000];
     MCWireHeader h = { .type = MC_MSG_CHECKPOINT, .epoch = 9,
                        .len = sizeof(payload) };
@@ -140,20 +155,22 @@ static void test_stream_corrupt_payload(void)
     mc_wire_encode(&h, hdr);
     payload[500] ^= 0x10;
     make_pair(&a, &b);
-    qio_channel_write_all(a, (char *)hdr, sizeof(hdr), &error_abort);
-    qio_channel_write_all(a, (char *)payload, sizeof(payload), &error_abort);
-    g_assert_cmpint(mc_wire_recv_header(b, 4096, &h, &error_abort), ==, 1);
-    g_assert_cmpint(mc_wire_recv_payload(b, &h, buf, &err), ==, -1);
+    qio_channel_write_all(a->ioc, (char *)hdr, sizeof(hdr), &error_abort);
+    qio_channel_write_all(a->ioc, (char *)payload, sizeof(payload),
+                          &error_abort);
+    g_assert_cmpint(mc_transport_recv_header(b, 4096, &h, &error_abort), ==, 1);
+    /* corrupt, but the stream is still in step: 0, not -1 */
+    g_assert_cmpint(mc_transport_recv_payload(b, &h, buf, &err), ==, 0);
     g_assert_nonnull(strstr(error_get_pretty(err), "corrupt"));
     error_free(err);
-    object_unref(OBJECT(a));
-    object_unref(OBJECT(b));
+    mc_transport_free(a);
+    mc_transport_free(b);
 }
 
 /* The peer dies mid-checkpoint: the partial data must be refused. */
 static void test_stream_truncated(void)
 {
-    QIOChannel *a, *b;
+    MCTransport *a, *b;
     uint8_t payload[1000], buf[1000];
     struct iovec iov = { .iov_base = payload, .iov_len = sizeof(payload) };
     uint8_t wire[MC_WIRE_HDR_SIZE + sizeof(payload)];
@@ -164,30 +181,93 @@ static void test_stream_truncated(void)
     memset(payload, 0xa5, sizeof(payload));
     /* capture a whole message, then replay every possible prefix of it */
     make_pair(&a, &b);
-    mc_wire_send(a, MC_MSG_CHECKPOINT, 0, 3, &iov, 1, &error_abort);
-    qio_channel_read_all(b, (char *)wire, sizeof(wire), &error_abort);
-    object_unref(OBJECT(a));
-    object_unref(OBJECT(b));
+    mc_transport_send(a, MC_MSG_CHECKPOINT, 0, 3, &iov, 1, &error_abort);
+    qio_channel_read_all(b->ioc, (char *)wire, sizeof(wire), &error_abort);
+    mc_transport_free(a);
+    mc_transport_free(b);
 
     for (cut = 1; cut < sizeof(wire); cut += (cut < 64 ? 1 : 97)) {
         int r;
 
         make_pair(&a, &b);
-        qio_channel_write_all(a, (char *)wire, cut, &error_abort);
-        object_unref(OBJECT(a));
-        r = mc_wire_recv_header(b, sizeof(buf), &h, &err);
+        qio_channel_write_all(a->ioc, (char *)wire, cut, &error_abort);
+        mc_transport_free(a);
+        r = mc_transport_recv_header(b, sizeof(buf), &h, &err);
         if (cut < MC_WIRE_HDR_SIZE) {
             g_assert_cmpint(r, ==, -1);
         } else {
             g_assert_cmpint(r, ==, 1);
-            g_assert_cmpint(mc_wire_recv_payload(b, &h, buf, &err), ==, -1);
+            g_assert_cmpint(mc_transport_recv_payload(b, &h, buf, &err),
+                            ==, -1);
             g_assert_nonnull(strstr(error_get_pretty(err), "truncated"));
         }
         g_assert_nonnull(err);
         error_free(err);
         err = NULL;
-        object_unref(OBJECT(b));
+        mc_transport_free(b);
     }
+}
+
+/*
+ * A heartbeat is not queued behind another message, and a last message
+ * to a peer that does not read gives up at its deadline.
+ */
+static void test_transport_busy_and_deadline(void)
+{
+    MCTransport *a, *b;
+    g_autofree uint8_t *fill = g_malloc0(64 * 1024);
+    int64_t start, deadline;
+    MCWireHeader h;
+    int n;
+
+    make_pair(&a, &b);
+    qemu_mutex_lock(&a->send_lock);
+    g_assert_cmpint(mc_transport_try_send(a, MC_MSG_HEARTBEAT, 0), ==,
+                    -EBUSY);
+    qemu_mutex_unlock(&a->send_lock);
+    g_assert_cmpint(mc_transport_try_send(a, MC_MSG_HEARTBEAT, 0), ==, 0);
+    g_assert_cmpint(mc_transport_recv_header(b, 0, &h, &error_abort), ==, 1);
+    g_assert_cmpint(h.type, ==, MC_MSG_HEARTBEAT);
+
+    /* b stops reading: fill the socket buffers */
+    qio_channel_set_blocking(a->ioc, false, NULL);
+    for (n = 0; n < 1024; n++) {
+        if (qio_channel_write(a->ioc, (char *)fill, 64 * 1024, NULL) < 0) {
+            break;
+        }
+    }
+    g_assert_cmpint(n, <, 1024);
+    start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    deadline = start + 50 * 1000;
+    g_assert_false(mc_transport_send_by(a, MC_MSG_STOP, 1, deadline));
+    g_assert_cmpint(qemu_clock_get_us(QEMU_CLOCK_REALTIME), >=, deadline);
+    mc_transport_free(a);
+    mc_transport_free(b);
+
+    /* and with a peer that reads, it is queued at once */
+    make_pair(&a, &b);
+    g_assert_true(mc_transport_send_by(a, MC_MSG_STOP, 2,
+                                       qemu_clock_get_us(QEMU_CLOCK_REALTIME)));
+    g_assert_cmpint(mc_transport_recv_header(b, 0, &h, &error_abort), ==, 1);
+    g_assert_cmpint(h.type, ==, MC_MSG_STOP);
+    g_assert_cmpint(h.flags, ==, 2);
+    mc_transport_free(a);
+    mc_transport_free(b);
+}
+
+/* After a shutdown, a blocked or later receive returns at once. */
+static void test_transport_shutdown(void)
+{
+    MCTransport *a, *b;
+    MCWireHeader h;
+    Error *err = NULL;
+
+    make_pair(&a, &b);
+    mc_transport_shutdown(b);
+    g_assert_cmpint(mc_transport_recv_header(b, 0, &h, &err), <=, 0);
+    error_free(err);
+    mc_transport_free(a);
+    mc_transport_free(b);
 }
 
 int main(int argc, char **argv)
@@ -201,5 +281,8 @@ int main(int argc, char **argv)
     g_test_add_func("/mc/wire/stream-corrupt-payload",
                     test_stream_corrupt_payload);
     g_test_add_func("/mc/wire/stream-truncated", test_stream_truncated);
+    g_test_add_func("/mc/wire/transport-busy-and-deadline",
+                    test_transport_busy_and_deadline);
+    g_test_add_func("/mc/wire/transport-shutdown", test_transport_shutdown);
     return g_test_run();
 }
