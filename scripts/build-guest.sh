@@ -50,7 +50,7 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio \
          drivers/scsi/virtio_scsi; do
     cp "$work/k/lib/modules/$kver/kernel/$m.ko" "$root/lib/modules/"
 done
-for p in mc-dirty mc-tcpserv mc-diskwriter mc-diskbench; do
+for p in mc-dirty mc-tcpserv mc-diskwriter mc-diskbench mc-udpseq; do
     gcc -O2 -static -Wall -o "$root/bin/$p" "$top/guest/$p.c"
 done
 install -m 755 "$top/guest/init" "$root/init"
