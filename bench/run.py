@@ -35,6 +35,7 @@ from mcvm import workdir, wait_migration  # noqa: E402
 from colo import ColoPair  # noqa: E402
 import netbench  # noqa: E402
 import diskbench  # noqa: E402
+import copybench  # noqa: E402
 
 REPEAT = int(os.environ.get('MC_BENCH_REPEAT', '3'))
 MEM = '512M'
@@ -309,6 +310,7 @@ CSVS = [
     ('colo_net_rate', 'colo-net-checkpoints-per-second.csv',
      'rep,config,per_s'),
     ('disk', 'disk.csv', diskbench.CSV_HEADER),
+    ('copy', 'copy.csv', copybench.CSV_HEADER),
 ]
 
 
@@ -320,8 +322,9 @@ def load_csv(name):
             except ValueError:
                 pass
         return x
-    if name == 'disk.csv' and not os.path.exists(os.path.join(OUT, name)):
-        return []       # a run from before the disk benchmark
+    if (name in ('disk.csv', 'copy.csv') and
+            not os.path.exists(os.path.join(OUT, name))):
+        return []       # a run from before that benchmark
     with open(os.path.join(OUT, name)) as f:
         next(f)
         return [tuple(value(x) for x in line.rstrip('\n').split(','))
@@ -364,6 +367,8 @@ def measure():
                                               r['checkpoints_per_s']))
         print('-- disk', flush=True)
         diskbench.run(rep, rows['disk'])
+    print('-- copy cost', flush=True)
+    copybench.run_all(rows['copy'])
     for key, name, header in CSVS:
         write_csv(name, header, rows[key])
     diskbench.write_run_info(started)
@@ -384,6 +389,14 @@ def measure_disk():
         diskbench.run(rep, rows)
     write_csv('disk.csv', diskbench.CSV_HEADER, rows)
     diskbench.write_run_info(started)
+    return rows
+
+
+def measure_copy():
+    """--copy-only: the copy figures alone."""
+    rows = []
+    copybench.run_all(rows)
+    write_csv('copy.csv', copybench.CSV_HEADER, rows)
     return rows
 
 
@@ -607,6 +620,7 @@ def report(rows, run):
                     pct(c, 50), pct(c, 99), max(c))) + ' | %d' % len(c)
                 if c else 'n/a | n/a | n/a | 0'))
         f.write(disk_section(rows['disk']))
+        f.write(copybench.section(rows['copy']))
         f.write('\n![pause against dirty pages](bench/pause.png)\n'
                 '![round-trip time](bench/latency.png)\n')
         f.write('\nCOLO runs with patches/colo-hold-bql-for-ram-save.patch '
@@ -661,6 +675,10 @@ def main():
     ap.add_argument('--report', action='store_true',
                     help='only rewrite docs/benchmarks.md and the plots '
                     'from the raw data of the last run (docs/bench)')
+    ap.add_argument('--copy-only', action='store_true',
+                    help='measure only the copy figures (bench/'
+                    'copybench.py), then rewrite the report with them and '
+                    'the raw data of the last run')
     ap.add_argument('--disk-only', action='store_true',
                     help='measure only the disk figures (bench/'
                     'diskbench.py), then rewrite the report with them and '
@@ -672,7 +690,11 @@ def main():
         print(diskbench.table(disk))
         if not os.path.exists(os.path.join(OUT, 'run.json')):
             return
-    if a.report or a.disk_only:
+    if a.copy_only:
+        print(copybench.report(measure_copy()))
+        if not os.path.exists(os.path.join(OUT, 'run.json')):
+            return
+    if a.report or a.disk_only or a.copy_only:
         rows = {k: load_csv(name) for k, name, _ in CSVS}
         with open(os.path.join(OUT, 'run.json')) as f:
             run = json.load(f)

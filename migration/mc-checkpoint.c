@@ -15,7 +15,10 @@
 
 #include "qemu/osdep.h"
 #include "qemu/main-loop.h"
+#include "qemu/rcu.h"
 #include "qapi/error.h"
+#include "exec/cpu-common.h"
+#include "exec/target_page.h"
 #include "migration/global_state.h"
 #include "system/cpus.h"
 #include "system/cpu-timers.h"
@@ -35,6 +38,53 @@
 #define MC_THROTTLE_CALM        8
 /* The longest the throttle holds the vCPUs after one checkpoint */
 #define MC_THROTTLE_MAX_HOLD_US (1000 * 1000)
+/*
+ * Pages to copy from which the copy threads share the work: below it,
+ * waking them costs about what they would save.
+ */
+#define MC_COPY_PARALLEL_MIN    (1 * MiB)
+
+/*
+ * A page of guest RAM stays as it is until the end of the pause: its
+ * copy into staging can wait for mc_staging_copy_pending, and be done
+ * by several threads.  Anything else (QEMUFile's own buffer, reused
+ * after each write) is copied at once.
+ */
+static bool mc_in_guest_ram(const void *buf, size_t len)
+{
+    ram_addr_t offset;
+
+    RCU_READ_LOCK_GUARD();
+    return qemu_ram_block_from_host((void *)buf, false, &offset) != NULL;
+}
+
+/* MC starts: defer page copies, start the copy threads. */
+void mc_checkpoint_copy_setup(MCSession *mc)
+{
+    mc_staging_set_defer(mc->staging, mc_in_guest_ram,
+                         qemu_target_page_size());
+    mc->copy_pool = mc_copy_pool_new(migrate_mc_copy_threads());
+}
+
+void mc_checkpoint_copy_end(MCSession *mc)
+{
+    mc_copy_pool_free(mc->copy_pool);
+    mc->copy_pool = NULL;
+}
+
+/*
+ * mc-copy-threads changed: new threads for the next checkpoint.
+ * Migration thread, outside the pause.
+ */
+static void mc_checkpoint_copy_threads(MCSession *mc)
+{
+    unsigned want = migrate_mc_copy_threads();
+
+    if (mc_copy_pool_threads(mc->copy_pool) != want) {
+        mc_copy_pool_free(mc->copy_pool);
+        mc->copy_pool = mc_copy_pool_new(want);
+    }
+}
 
 /*
  * The light pause: vm_stop() without its STOP event and its block flush.
@@ -217,13 +267,16 @@ void mc_primary_throttle_hold(MCSession *mc, MigrationState *s,
 int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
                        size_t limit, Error **errp)
 {
-    size_t devices_at;
+    size_t devices_at, copy_bytes;
+    unsigned threads;
+    int64_t copy_start, copy_us;
     bool running;
     uint64_t pages = stat64_get(&mig_stats.normal_pages) +
                      stat64_get(&mig_stats.zero_pages);
     int64_t start = mc_now_us(), pause;
     int ret;
 
+    mc_checkpoint_copy_threads(mc);
     /* The standby resumes the guest in the run state saved here. */
     global_state_store();
     mc_participants_pause();
@@ -234,13 +287,21 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     mc_staging_rewind_at(mc->staging, base, limit);
     ram_mc_begin_checkpoint(mc->sfile);
     qemu_savevm_live_state(mc->sfile);
-    /* Copies the pending iovecs that point at guest RAM: must be paused */
+    /* The page copies were only recorded: do them, still paused */
     qemu_fflush(mc->sfile);
+    copy_start = mc_now_us();
+    copy_bytes = mc->staging->pending_bytes;
+    threads = mc_staging_copy_pending(mc->staging, mc->copy_pool,
+                                      MC_COPY_PARALLEL_MIN);
+    copy_us = mc_now_us() - copy_start;
+    trace_mc_checkpoint_copy(epoch, copy_bytes, threads, copy_us);
     devices_at = mc->staging->used;     /* from the checkpoint's start */
     ret = qemu_save_device_state(mc->sfile);
     /* The trailer: where the device state begins (see mc_checkpoint_apply) */
     qemu_put_be64(mc->sfile, devices_at);
     qemu_fflush(mc->sfile);
+    /* device state is copied as written; this finds nothing, normally */
+    mc_staging_copy_pending(mc->staging, NULL, 0);
     if (!ret) {
         ret = qemu_file_get_error(mc->sfile);
     }
@@ -262,6 +323,9 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     mc->pause_total_us += pause;
     mc->stats.pause_avg_us = mc->pause_total_us / mc->stats.checkpoints;
     mc->stats.dirty_pages_last = pages;
+    mc->stats.copy_last_us = copy_us;
+    mc->stats.copy_threads_last = threads;
+    mc->stats.copy_parallel_checkpoints += threads > 1;
     mc->stats.last_bytes = mc->staging->used;
     mc->stats.staging_high_water = mc->staging->high_water;
     qemu_mutex_unlock(&mc->lock);

@@ -82,6 +82,11 @@ uint32_t migrate_mc_heartbeat_timeout(void)
     return qatomic_read(&s->parameters.mc_heartbeat_timeout);
 }
 
+uint8_t migrate_mc_copy_threads(void)
+{
+    return qatomic_read(&migrate_get_current()->parameters.mc_copy_threads);
+}
+
 MCFailoverPolicy migrate_mc_failover_policy(void)
 {
     MigrationState *s = migrate_get_current();
@@ -171,6 +176,8 @@ void mc_params_query(MigrationParameters *params,
     params->mc_heartbeat_timeout = cur->mc_heartbeat_timeout;
     params->has_mc_failover_policy = true;
     params->mc_failover_policy = cur->mc_failover_policy;
+    params->has_mc_copy_threads = true;
+    params->mc_copy_threads = cur->mc_copy_threads;
 }
 
 void mc_params_init(MigrationParameters *params)
@@ -179,6 +186,7 @@ void mc_params_init(MigrationParameters *params)
     params->has_mc_max_buffer_size = true;
     params->has_mc_heartbeat_timeout = true;
     params->has_mc_failover_policy = true;
+    params->has_mc_copy_threads = true;
 }
 
 bool mc_params_check(const MigrationParameters *params, Error **errp)
@@ -207,6 +215,13 @@ bool mc_params_check(const MigrationParameters *params, Error **errp)
                    MC_MAX_HEARTBEAT_TIMEOUT_MS);
         return false;
     }
+    if (params->has_mc_copy_threads &&
+        (params->mc_copy_threads < 1 ||
+         params->mc_copy_threads > MC_MAX_COPY_THREADS)) {
+        error_setg(errp, "Parameter 'mc-copy-threads' must be between 1 "
+                   "and %d", MC_MAX_COPY_THREADS);
+        return false;
+    }
     return true;
 }
 
@@ -227,6 +242,9 @@ void mc_params_apply(const MigrateSetParameters *params,
     if (params->has_mc_failover_policy) {
         qatomic_set(&dest->mc_failover_policy, params->mc_failover_policy);
     }
+    if (params->has_mc_copy_threads) {
+        qatomic_set(&dest->mc_copy_threads, params->mc_copy_threads);
+    }
 }
 
 void mc_hmp_info_params(Monitor *mon, const MigrationParameters *params)
@@ -246,6 +264,9 @@ void mc_hmp_info_params(Monitor *mon, const MigrationParameters *params)
                    MigrationParameter_str(
                        MIGRATION_PARAMETER_MC_FAILOVER_POLICY),
                    MCFailoverPolicy_str(params->mc_failover_policy));
+    monitor_printf(mon, "%s: %u\n",
+                   MigrationParameter_str(MIGRATION_PARAMETER_MC_COPY_THREADS),
+                   params->mc_copy_threads);
 }
 
 /* Returns true if @param is an MC parameter (parsed into @p). */
@@ -270,6 +291,10 @@ bool mc_hmp_parse_parameter(int param, Visitor *v, MigrateSetParameters *p,
     case MIGRATION_PARAMETER_MC_FAILOVER_POLICY:
         p->has_mc_failover_policy = true;
         visit_type_MCFailoverPolicy(v, name, &p->mc_failover_policy, errp);
+        return true;
+    case MIGRATION_PARAMETER_MC_COPY_THREADS:
+        p->has_mc_copy_threads = true;
+        visit_type_uint8(v, name, &p->mc_copy_threads, errp);
         return true;
     default:
         return false;

@@ -10,6 +10,7 @@
  *                   ACKs (mc-rx), the end of MC on the primary
  *   mc-checkpoint.c taking one checkpoint: the light pause, the copy
  *                   into staging, waiting for room, the vCPU throttle
+ *   mc-copy.c       the threads that copy a checkpoint's pages
  *   mc-standby.c    receiving, verifying, acknowledging and applying
  *   mc-failover.c   what a standby does when MC ends (policy, device
  *                   load, resume) and mc-failover
@@ -110,6 +111,7 @@ typedef struct MCSession {
     int64_t run_start_us;       /* when the vCPUs last went on */
     unsigned throttle_calm;     /* checkpoints in a row that found room */
     bool vcpus_held;            /* the last pause left the vCPUs stopped */
+    MCCopyPool *copy_pool;      /* mc-copy-threads threads (mc-copy.h) */
 } MCSession;
 
 /* The running session, or NULL.  Set and cleared with the BQL held. */
@@ -153,6 +155,8 @@ bool mc_primary_should_stop(MCSession *mc, MigrationState *s);
 /* mc-checkpoint.c: taking one checkpoint (primary, migration thread) */
 int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
                        size_t limit, Error **errp);
+void mc_checkpoint_copy_setup(MCSession *mc);
+void mc_checkpoint_copy_end(MCSession *mc);
 bool mc_primary_make_room(MCStaging *st, size_t len, void *opaque);
 void mc_primary_throttle(MCSession *mc, size_t bytes);
 void mc_primary_throttle_hold(MCSession *mc, MigrationState *s,

@@ -42,6 +42,9 @@ void mc_staging_rewind_at(MCStaging *st, size_t base, size_t limit)
     st->used = 0;
     st->offset = 0;
     st->overflow = false;
+    /* a checkpoint that failed half-way leaves copies nobody will do */
+    st->npending = 0;
+    st->pending_bytes = 0;
 }
 
 void mc_staging_move(MCStaging *st, size_t base, size_t limit)
@@ -58,6 +61,42 @@ void mc_staging_set_room_fn(MCStaging *st, MCStagingRoomFn *fn, void *opaque)
 {
     st->room_fn = fn;
     st->room_opaque = opaque;
+}
+
+void mc_staging_set_defer(MCStaging *st, MCStagingDeferFn *fn,
+                          size_t page_size)
+{
+    st->defer_fn = fn;
+    st->pending_max = st->capacity / page_size;
+    st->pending = g_renew(MCCopy, st->pending, st->pending_max);
+    st->npending = 0;
+    st->pending_bytes = 0;
+}
+
+unsigned mc_staging_copy_pending(MCStaging *st, MCCopyPool *pool,
+                                 size_t parallel_min)
+{
+    uint8_t *dst = st->data + st->base;
+    unsigned threads = 1;
+    size_t i;
+
+    if (!st->npending) {
+        return 0;
+    }
+    if (pool && mc_copy_pool_threads(pool) > 1 &&
+        st->pending_bytes >= parallel_min) {
+        mc_copy_pool_run(pool, dst, st->pending, st->npending,
+                         st->pending_bytes);
+        threads = mc_copy_pool_threads(pool);
+    } else {
+        for (i = 0; i < st->npending; i++) {
+            memcpy(dst + st->pending[i].dst_off, st->pending[i].src,
+                   st->pending[i].len);
+        }
+    }
+    st->npending = 0;
+    st->pending_bytes = 0;
+    return threads;
 }
 
 void mc_staging_rewind(MCStaging *st)
@@ -82,6 +121,7 @@ static ssize_t mc_staging_writev(QIOChannel *ioc, const struct iovec *iov,
 {
     MCStaging *st = MC_STAGING(ioc);
     size_t len = iov_size(iov, niov);
+    size_t i;
 
     while (len > st->limit - st->base - st->used) {
         if (st->room_fn && st->room_fn(st, len, st->room_opaque)) {
@@ -95,8 +135,21 @@ static ssize_t mc_staging_writev(QIOChannel *ioc, const struct iovec *iov,
                          st->limit - st->base);
         return -1;
     }
-    iov_to_buf(iov, niov, 0, st->data + st->base + st->used, len);
-    st->used += len;
+    for (i = 0; i < niov; i++) {
+        size_t n = iov[i].iov_len;
+
+        if (st->defer_fn && st->npending < st->pending_max && n &&
+            st->defer_fn(iov[i].iov_base, n)) {
+            /* the same place in the checkpoint, filled in later */
+            st->pending[st->npending++] = (MCCopy) {
+                .src = iov[i].iov_base, .dst_off = st->used, .len = n,
+            };
+            st->pending_bytes += n;
+        } else {
+            memcpy(st->data + st->base + st->used, iov[i].iov_base, n);
+        }
+        st->used += n;
+    }
     st->high_water = MAX(st->high_water, st->base + st->used);
     return len;
 }
@@ -130,6 +183,8 @@ static void mc_staging_finalize(Object *obj)
 
     g_free(st->data);
     st->data = NULL;
+    g_free(st->pending);
+    st->pending = NULL;
 }
 
 static void mc_staging_class_init(ObjectClass *klass, void *data)

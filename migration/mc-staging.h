@@ -7,9 +7,10 @@
  * is applied.  The buffer is allocated once, when MC starts, and never
  * grows: a write that does not fit asks the owner for room (the primary
  * waits for checkpoints in flight) and otherwise fails; the MC loop
- * takes checkpoints early so that it rarely comes to that.  It is a QIOChannel so that the ordinary
- * migration code (QEMUFile, RAM and device savers/loaders) reads and
- * writes checkpoints without knowing about MC.
+ * takes checkpoints early so that it rarely comes to that.  It is a
+ * QIOChannel so that the ordinary migration code (QEMUFile, RAM and
+ * device savers/loaders) reads and writes checkpoints without knowing
+ * about MC.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -19,6 +20,7 @@
 
 #include "io/channel.h"
 #include "qom/object.h"
+#include "mc-copy.h"
 
 #define TYPE_MC_STAGING "mc-staging-channel"
 OBJECT_DECLARE_SIMPLE_TYPE(MCStaging, MC_STAGING)
@@ -29,6 +31,14 @@ OBJECT_DECLARE_SIMPLE_TYPE(MCStaging, MC_STAGING)
  * again, or return false to fail it.
  */
 typedef bool MCStagingRoomFn(MCStaging *st, size_t len, void *opaque);
+
+/*
+ * May the write of @buf (@len bytes) be copied later, at
+ * mc_staging_copy_pending()?  Only for memory that stays as it is until
+ * then (guest RAM while the guest is paused), never for a caller's
+ * buffer that is reused after the write (QEMUFile's own).
+ */
+typedef bool MCStagingDeferFn(const void *buf, size_t len);
 
 struct MCStaging {
     QIOChannel parent;
@@ -42,6 +52,10 @@ struct MCStaging {
     bool overflow;      /* a write did not fit since the last rewind */
     MCStagingRoomFn *room_fn;
     void *room_opaque;
+    /* Deferred copies, offsets from base (primary; mc-copy.h) */
+    MCStagingDeferFn *defer_fn;
+    MCCopy *pending;
+    size_t npending, pending_max, pending_bytes;
 };
 
 /* Allocate a staging buffer of @capacity bytes; NULL with @errp if not. */
@@ -65,6 +79,23 @@ void mc_staging_move(MCStaging *st, size_t base, size_t limit);
 
 /* Have @fn called when a write does not fit (see MCStagingRoomFn). */
 void mc_staging_set_room_fn(MCStaging *st, MCStagingRoomFn *fn, void *opaque);
+
+/*
+ * Let writes that @fn accepts be recorded and copied later, by
+ * mc_staging_copy_pending; at most as many as the buffer holds pages of
+ * @page_size (the list is allocated here, once).
+ */
+void mc_staging_set_defer(MCStaging *st, MCStagingDeferFn *fn,
+                          size_t page_size);
+
+/*
+ * Do the deferred copies of the current checkpoint, with @pool's
+ * threads if there are at least @parallel_min bytes (or alone, @pool
+ * NULL).  Returns the number of threads that copied: 0 if nothing was
+ * pending.
+ */
+unsigned mc_staging_copy_pending(MCStaging *st, MCCopyPool *pool,
+                                 size_t parallel_min);
 
 /* Make the first @len bytes readable from the start (after a receive). */
 void mc_staging_set_readable(MCStaging *st, size_t len);

@@ -78,7 +78,8 @@ static int mc_transport_send_locked(MCTransport *t, MCMsgType type,
 {
     MCWireHeader h = { .type = type, .flags = flags, .epoch = epoch };
     uint8_t hdr[MC_WIRE_HDR_SIZE];
-    g_autofree struct iovec *all = g_new(struct iovec, niov + 1);
+    /* on the stack: no allocation per message */
+    struct iovec *all = g_newa(struct iovec, niov + 1);
     size_t i;
     int ret;
 

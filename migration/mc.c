@@ -377,6 +377,10 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
                    " waited for room\n", m->throttle_percentage,
                    m->throttle_max_percentage, m->throttled_checkpoints,
                    m->room_waits);
+    monitor_printf(mon, "page copy: last %" PRIu64 " us by %" PRIu64
+                   " threads; %" PRIu64 " checkpoints copied in parallel\n",
+                   m->copy_last_us, m->copy_threads_last,
+                   m->copy_parallel_checkpoints);
     g_free(m);
 }
 

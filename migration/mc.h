@@ -23,6 +23,8 @@
 #define MC_DEFAULT_HEARTBEAT_TIMEOUT_MS 2000
 #define MC_MIN_HEARTBEAT_TIMEOUT_MS     50
 #define MC_MAX_HEARTBEAT_TIMEOUT_MS     600000
+#define MC_DEFAULT_COPY_THREADS         2
+#define MC_MAX_COPY_THREADS             64
 
 /* Properties of the migration object (-global migration.mc-delay=...) */
 extern const PropertyInfo mc_prop_failover_policy;
@@ -40,6 +42,8 @@ extern const PropertyInfo mc_prop_failover_policy;
     DEFINE_PROP_UINT32("mc-heartbeat-timeout", MigrationState,              \
                        parameters.mc_heartbeat_timeout,                     \
                        MC_DEFAULT_HEARTBEAT_TIMEOUT_MS),                    \
+    DEFINE_PROP_UINT8("mc-copy-threads", MigrationState,                    \
+                      parameters.mc_copy_threads, MC_DEFAULT_COPY_THREADS), \
     DEFINE_PROP_SIGNED("mc-failover-policy", MigrationState,                \
                        parameters.mc_failover_policy,                       \
                        MC_FAILOVER_POLICY_SAFE, mc_prop_failover_policy,    \
@@ -53,6 +57,7 @@ uint32_t migrate_mc_delay(void);
 uint64_t migrate_mc_max_buffer_size(void);
 uint32_t migrate_mc_heartbeat_timeout(void);
 MCFailoverPolicy migrate_mc_failover_policy(void);
+uint8_t migrate_mc_copy_threads(void);
 
 bool mc_caps_check(const bool *new_caps, Error **errp);
 bool mc_transport_check(const MigrationAddress *addr, Error **errp);

@@ -790,6 +790,10 @@ static void test_mc_bad_args(void)
     mc_refused(qts, "{ 'execute': 'migrate-set-parameters',"
                                  " 'arguments': { 'mc-failover-policy': 'x' }"
                                  " }");
+    mc_refused(qts, "{ 'execute': 'migrate-set-parameters',"
+                                 " 'arguments': { 'mc-copy-threads': 0 } }");
+    mc_refused(qts, "{ 'execute': 'migrate-set-parameters',"
+                                 " 'arguments': { 'mc-copy-threads': 65 } }");
     mc_refused(qts, "{ 'execute': 'mc-failover' }");
     mc_refused(qts, "{ 'execute': 'migrate-set-capabilities',"
                                  " 'arguments': { 'capabilities': ["

@@ -189,6 +189,109 @@ static void test_alloc_failure(void)
     error_free(err);
 }
 
+/* "Guest RAM" for the deferred copies: writes from here may wait */
+static uint8_t *fake_ram;
+static size_t fake_ram_len;
+
+static bool in_fake_ram(const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+
+    return p >= fake_ram && p + len <= fake_ram + fake_ram_len;
+}
+
+/*
+ * Pages from "RAM" are copied at mc_staging_copy_pending, as they are
+ * then, each to its place among the headers, which are copied at once
+ * (their buffer is reused); alone and with 1, 2 and 4 threads, also
+ * after the checkpoint moved (room hook) and with more pages than the
+ * list holds.
+ */
+static void test_deferred_copy(void)
+{
+    const size_t page = 4096, npages = 600;
+    unsigned threads[] = { 0, 1, 2, 4 };
+    unsigned k;
+
+    fake_ram_len = npages * page;
+    fake_ram = g_malloc(fake_ram_len);
+    for (k = 0; k < G_N_ELEMENTS(threads); k++) {
+        MCStaging *st = mc_staging_new(8 << 20, &error_abort);
+        QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(st));
+        MCCopyPool *pool = threads[k] ? mc_copy_pool_new(threads[k]) : NULL;
+        g_autofree uint8_t *want = g_malloc(npages * (page + 8));
+        size_t i, off = 0;
+        unsigned used;
+
+        mc_staging_set_defer(st, in_fake_ram, page);
+        fill(fake_ram, fake_ram_len, k);
+        mc_staging_rewind_at(st, 4096, 8 << 20);
+        for (i = 0; i < npages; i++) {
+            uint64_t hdr = i * 3 + k;
+
+            /* a header through QEMUFile's buffer, then the page itself */
+            qemu_put_be64(f, hdr);
+            stq_be_p(want + off, hdr);
+            off += 8;
+            qemu_put_buffer_async(f, fake_ram + i * page, page, false);
+            off += page;
+        }
+        g_assert_cmpint(qemu_fflush(f), ==, 0);
+        g_assert_cmpuint(st->used, ==, off);
+        g_assert_cmpuint(st->npending, ==, npages);
+        g_assert_cmpuint(st->pending_bytes, ==, npages * page);
+
+        /* the guest "writes" before the copy: the checkpoint has it */
+        fill(fake_ram, fake_ram_len, k + 100);
+        off = 0;
+        for (i = 0; i < npages; i++) {
+            off += 8;
+            memcpy(want + off, fake_ram + i * page, page);
+            off += page;
+        }
+        /* and the checkpoint moves before its pages are copied */
+        mc_staging_move(st, 0, 8 << 20);
+        used = mc_staging_copy_pending(st, pool, 1 << 20);
+        g_assert_cmpuint(used, ==, threads[k] ? threads[k] : 1);
+        g_assert_cmpuint(st->npending, ==, 0);
+        g_assert_cmpmem(st->data, off, want, off);
+        g_assert_cmpuint(mc_staging_copy_pending(st, pool, 0), ==, 0);
+
+        /* below parallel_min, the caller copies alone */
+        mc_staging_rewind(st);
+        qemu_put_buffer_async(f, fake_ram, page, false);
+        g_assert_cmpint(qemu_fflush(f), ==, 0);
+        g_assert_cmpuint(mc_staging_copy_pending(st, pool, 1 << 20), ==, 1);
+        g_assert_cmpmem(st->data, page, fake_ram, page);
+
+        mc_copy_pool_free(pool);
+        qemu_fclose(f);
+        object_unref(OBJECT(st));
+    }
+
+    /* a list too short: the rest is copied at once, nothing is lost */
+    {
+        MCStaging *st = mc_staging_new(16 * page, &error_abort);
+        QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(st));
+
+        mc_staging_set_defer(st, in_fake_ram, 4 * page);  /* 4 entries */
+        fill(fake_ram, fake_ram_len, 7);
+        for (k = 0; k < 10; k++) {
+            qemu_put_buffer_async(f, fake_ram + 2 * k * page, page, false);
+        }
+        g_assert_cmpint(qemu_fflush(f), ==, 0);
+        g_assert_cmpuint(st->npending, ==, 4);
+        mc_staging_copy_pending(st, NULL, 0);
+        for (k = 0; k < 10; k++) {
+            g_assert_cmpmem(st->data + k * page, page,
+                            fake_ram + 2 * k * page, page);
+        }
+        qemu_fclose(f);
+        object_unref(OBJECT(st));
+    }
+    g_free(fake_ram);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -199,5 +302,6 @@ int main(int argc, char **argv)
     g_test_add_func("/mc/staging/room", test_room);
     g_test_add_func("/mc/staging/read", test_read);
     g_test_add_func("/mc/staging/alloc-failure", test_alloc_failure);
+    g_test_add_func("/mc/staging/deferred-copy", test_deferred_copy);
     return g_test_run();
 }
