@@ -72,6 +72,10 @@ def run_size(mem, rows, threads_list):
                 machine='pc', trace=(events, trace),
                 app='mc.dirty=%d' % DIRTY_MIB)
     try:
+        # a guest dirtying DIRTY_MIB flat out: precopy converges only if
+        # it may stop the guest long enough to send them
+        pair.primary.qmp.cmd('migrate-set-parameters', **{
+            'downtime-limit': 10000, 'max-bandwidth': 10 << 30})
         pair.start_mc(timeout=600)
         for threads in threads_list:
             pair.primary.qmp.cmd('migrate-set-parameters',
@@ -115,6 +119,34 @@ def report(rows):
     return '\n'.join(lines) + '\n'
 
 
+def notes(rows):
+    """Ratios computed from the table: RAM size at one thread, and
+    threads against one per RAM size."""
+    def copy_med(mem, threads):
+        return med([r[7] for r in rows if r[0] == mem and r[1] == threads])
+
+    def pause_med(mem, threads):
+        return med([r[4] for r in rows if r[0] == mem and r[1] == threads])
+
+    mems = []
+    for r in rows:
+        if r[0] not in mems:
+            mems.append(r[0])
+    out = []
+    if len(mems) > 1:
+        out.append('Pause with the same dirty set, %s against %s of guest '
+                   'RAM (1 thread): %.2fx.' % (
+                       mems[-1], mems[0],
+                       pause_med(mems[-1], 1) / pause_med(mems[0], 1)))
+    for mem in mems:
+        ratios = ['%d threads %.2fx' % (t, copy_med(mem, t) / copy_med(mem, 1))
+                  for t in sorted(set(r[1] for r in rows if r[0] == mem))
+                  if t != 1]
+        out.append('Copy time against 1 thread at %s: %s.' % (
+            mem, ', '.join(ratios)))
+    return '\n'.join(out) + '\n'
+
+
 def run_all(rows, sizes=SIZES, threads=THREADS):
     """Every RAM size and thread count; rows as in copy.csv."""
     started = time.time()
@@ -145,8 +177,8 @@ def section(rows):
         return head + 'No figures (%s).\n' % when
     return head + ('`bench/copybench.py`, %s; one pair per RAM size, '
                    '`mc-copy-threads` changed at run time in the same '
-                   'pair; medians per checkpoint.\n\n%s' % (when,
-                                                          report(rows)))
+                   'pair; medians per checkpoint.\n\n%s\n%s' % (
+                       when, report(rows), notes(rows)))
 
 
 def main():
