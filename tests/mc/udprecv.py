@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Receive mc-udpseq's numbered datagrams; log "<host time> <n>" lines.
 
-Usage: udprecv.py ADDRESS PORT OUT.  Runs until SIGTERM; the log is
-flushed every 50 ms, so it can be read while the test runs.
+Usage: udprecv.py ADDRESS PORT OUT.  Runs until SIGTERM; every line is
+flushed at once, so the log can be read while the test runs.
 """
 
 import signal
@@ -32,6 +32,7 @@ def main():
             parts = data.split()
             if len(parts) == 2 and parts[0] == b'seq':
                 f.write('%.6f %s\n' % (time.time(), parts[1].decode()))
+                f.flush()       # the test reads the log while it runs
         f.flush()
 
 
