@@ -3,7 +3,9 @@
  *
  * The pool's workers are started once, when MC starts, and wait on a
  * semaphore each: a checkpoint pays for a wake-up per worker, never for
- * a thread creation.  Each copy job is a contiguous part of the list,
+ * a thread creation.  Not util/thread-pool.c's ThreadPool: it allocates
+ * an element per task and lets GLib retire idle threads, both inside
+ * the pause here.  Each copy job is a contiguous part of the list,
  * about the same number of bytes per thread; the caller does the first
  * part itself.
  *

@@ -32,11 +32,9 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
-from mcnet import CLIENT_IP, Topology, Pair
+from mcnet import CLIENT_IP, EventLog, Topology, Pair
 from mcvm import workdir
 
 PORT = 7100
@@ -45,38 +43,25 @@ KILLS = int(os.environ.get('MC_UDP_KILLS', '1'))
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class Receiver:
+class Receiver(EventLog):
+    """udprecv.py in the client namespace."""
+
+    name = 'udp receiver'
+
     def __init__(self, topo, out):
-        self.out = out
-        self.proc = topo.run_in(topo.cl, [sys.executable,
-                                          os.path.join(HERE, 'udprecv.py'),
-                                          CLIENT_IP, str(PORT), out])
+        super().__init__(topo, topo.cl, [os.path.join(HERE, 'udprecv.py'),
+                                         CLIENT_IP, str(PORT), out], out)
 
     def seqs(self):
-        try:
-            with open(self.out) as f:
-                return [int(line.split()[1]) for line in f
-                        if len(line.split()) == 2]
-        except OSError:
-            return []
+        return [e['n'] for e in self.events()]
 
     def wait(self, cond, timeout=60):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            s = self.seqs()
-            if cond(s):
-                return s
-            time.sleep(0.05)
-        raise TimeoutError('receiver: %d datagrams, last %s' % (
-            len(self.seqs()), (self.seqs() or [None])[-1]))
+        """Wait until cond(numbers received) is true."""
+        return super().wait(lambda evs: cond([e['n'] for e in evs]),
+                            timeout)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        return self.seqs()
+        return [e['n'] for e in super().stop()]
 
 
 def analyse(seqs):

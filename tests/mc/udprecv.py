@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Receive mc-udpseq's numbered datagrams; log "<host time> <n>" lines.
+"""Receive mc-udpseq's numbered datagrams; log {"t": host time, "n": n}.
 
-Usage: udprecv.py ADDRESS PORT OUT.  Runs until SIGTERM; every line is
-flushed at once, so the log can be read while the test runs.
+Usage: udprecv.py ADDRESS PORT OUT.  Runs until SIGTERM; one JSON event
+per line, flushed at once (mcnet.EventLog reads it while the test runs).
 """
 
+import json
 import signal
 import socket
 import sys
@@ -31,8 +32,9 @@ def main():
                 continue
             parts = data.split()
             if len(parts) == 2 and parts[0] == b'seq':
-                f.write('%.6f %s\n' % (time.time(), parts[1].decode()))
-                f.flush()       # the test reads the log while it runs
+                f.write(json.dumps({'t': time.time(),
+                                    'n': int(parts[1])}) + '\n')
+                f.flush()
         f.flush()
 
 
