@@ -296,16 +296,68 @@ static void test_deferred_copy(void)
 /*
  * Device state written into staging is byte for byte what upstream's
  * element-by-element writes produce (patches/migration-faster-device-
- * save.patch puts byte arrays and big-endian integers as buffers), and
- * loads back.
+ * save.patch puts byte arrays and big-endian integers as buffers, and
+ * arrays of integers and of plain structs in one pass), and loads back.
  */
+typedef struct DevQueue {
+    uint16_t num;
+    bool enabled;
+    uint32_t desc[2];
+    uint64_t addr;
+} DevQueue;
+
+#define DEV_PLAIN 100           /* 2000 bytes: more than one buffer */
+#define DEV_HOOKED 3
+#define DEV_WORDS 300
+
 typedef struct DevState {
     uint8_t bytes[37];
     uint8_t one;
     uint16_t w;
     uint32_t l;
     uint64_t q;
+    uint32_t words[DEV_WORDS];
+    DevQueue plain[DEV_PLAIN];
+    DevQueue hooked[DEV_HOOKED];
 } DevState;
+
+static const VMStateDescription vmstate_dev_queue = {
+    .name = "mc-test-queue",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = (const VMStateField[]) {
+        VMSTATE_UINT16(num, DevQueue),
+        VMSTATE_UNUSED(1),
+        VMSTATE_BOOL(enabled, DevQueue),
+        VMSTATE_UINT32_ARRAY(desc, DevQueue, 2),
+        VMSTATE_UINT64(addr, DevQueue),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+static int dev_queue_pre_saves;
+
+static int dev_queue_pre_save(void *opaque)
+{
+    dev_queue_pre_saves++;
+    return 0;
+}
+
+/* a hook makes the struct not plain: each element is saved in full */
+static const VMStateDescription vmstate_dev_queue_hooked = {
+    .name = "mc-test-queue-hooked",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .pre_save = dev_queue_pre_save,
+    .fields = (const VMStateField[]) {
+        VMSTATE_UINT16(num, DevQueue),
+        VMSTATE_UNUSED(1),
+        VMSTATE_BOOL(enabled, DevQueue),
+        VMSTATE_UINT32_ARRAY(desc, DevQueue, 2),
+        VMSTATE_UINT64(addr, DevQueue),
+        VMSTATE_END_OF_LIST()
+    },
+};
 
 static const VMStateDescription vmstate_dev = {
     .name = "mc-test-dev",
@@ -317,6 +369,11 @@ static const VMStateDescription vmstate_dev = {
         VMSTATE_UINT16(w, DevState),
         VMSTATE_UINT32(l, DevState),
         VMSTATE_UINT64(q, DevState),
+        VMSTATE_UINT32_ARRAY(words, DevState, DEV_WORDS),
+        VMSTATE_STRUCT_ARRAY(plain, DevState, DEV_PLAIN, 1,
+                             vmstate_dev_queue, DevQueue),
+        VMSTATE_STRUCT_ARRAY(hooked, DevState, DEV_HOOKED, 1,
+                             vmstate_dev_queue_hooked, DevQueue),
         VMSTATE_END_OF_LIST()
     },
 };
@@ -325,32 +382,72 @@ static void test_device_state_bytes(void)
 {
     MCStaging *st = mc_staging_new(1 << 20, &error_abort);
     QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(st));
-    DevState in = {
-        .one = 0xa5, .w = 0x0102, .l = 0x03040506,
-        .q = 0x0708090a0b0c0d0eULL,
-    }, out = { 0 };
-    uint8_t want[37 + 1 + 2 + 4 + 8];
+    g_autofree DevState *in = g_new0(DevState, 1);
+    g_autofree DevState *out = g_new0(DevState, 1);
+    size_t want_len = 37 + 1 + 2 + 4 + 8 + 4 * DEV_WORDS +
+                      20 * (DEV_PLAIN + DEV_HOOKED);
+    g_autofree uint8_t *want = g_malloc(want_len);
+    uint8_t *p = want;
     QEMUFile *r;
+    int i;
 
-    fill(in.bytes, sizeof(in.bytes), 9);
-    memcpy(want, in.bytes, 37);
-    want[37] = 0xa5;
-    stw_be_p(want + 38, in.w);
-    stl_be_p(want + 40, in.l);
-    stq_be_p(want + 44, in.q);
+    in->one = 0xa5;
+    in->w = 0x0102;
+    in->l = 0x03040506;
+    in->q = 0x0708090a0b0c0d0eULL;
+    fill(in->bytes, sizeof(in->bytes), 9);
+    for (i = 0; i < DEV_WORDS; i++) {
+        in->words[i] = 0x10203000 + i;
+    }
+    for (i = 0; i < DEV_PLAIN + DEV_HOOKED; i++) {
+        DevQueue *q = i < DEV_PLAIN ? &in->plain[i]
+                                    : &in->hooked[i - DEV_PLAIN];
+
+        *q = (DevQueue) { 0x4400 + i, i & 1, { 0xabcd0000 + i, 0x55 + i },
+                          0x1122334455667700ULL + i };
+    }
+
+    memcpy(p, in->bytes, 37);
+    p += 37;
+    *p++ = 0xa5;
+    stw_be_p(p, in->w);
+    stl_be_p(p + 2, in->l);
+    stq_be_p(p + 6, in->q);
+    p += 14;
+    for (i = 0; i < DEV_WORDS; i++, p += 4) {
+        stl_be_p(p, in->words[i]);
+    }
+    for (i = 0; i < DEV_PLAIN + DEV_HOOKED; i++, p += 20) {
+        DevQueue *q = i < DEV_PLAIN ? &in->plain[i]
+                                    : &in->hooked[i - DEV_PLAIN];
+
+        stw_be_p(p, q->num);
+        p[2] = 0;               /* unused */
+        p[3] = q->enabled;
+        stl_be_p(p + 4, q->desc[0]);
+        stl_be_p(p + 8, q->desc[1]);
+        stq_be_p(p + 12, q->addr);
+    }
+    g_assert(p == want + want_len);
+
     /* a 2-byte write first: the fields straddle no alignment on purpose */
     qemu_put_be16(f, 0xbeef);
-    g_assert_cmpint(vmstate_save_state(f, &vmstate_dev, &in, NULL), ==, 0);
+    dev_queue_pre_saves = 0;
+    g_assert_cmpint(vmstate_save_state(f, &vmstate_dev, in, NULL), ==, 0);
+    g_assert_cmpint(dev_queue_pre_saves, ==, DEV_HOOKED);
+    /* and something after it: loading a struct peeks past its end */
+    qemu_put_be16(f, 0xcafe);
     g_assert_cmpint(qemu_fflush(f), ==, 0);
-    g_assert_cmpuint(st->used, ==, 2 + sizeof(want));
+    g_assert_cmpuint(st->used, ==, 2 + want_len + 2);
     g_assert_cmpuint(lduw_be_p(st->data), ==, 0xbeef);
-    g_assert_cmpmem(st->data + 2, sizeof(want), want, sizeof(want));
+    g_assert_cmpmem(st->data + 2, want_len, want, want_len);
 
     mc_staging_set_readable(st, st->used);
     r = qemu_file_new_input(QIO_CHANNEL(st));
     g_assert_cmpuint(qemu_get_be16(r), ==, 0xbeef);
-    g_assert_cmpint(vmstate_load_state(r, &vmstate_dev, &out, 1), ==, 0);
-    g_assert_cmpmem(&out, sizeof(out), &in, sizeof(in));
+    g_assert_cmpint(vmstate_load_state(r, &vmstate_dev, out, 1), ==, 0);
+    g_assert_cmpmem(out, sizeof(*out), in, sizeof(*in));
+    g_assert_cmpuint(qemu_get_be16(r), ==, 0xcafe);
     qemu_fclose(r);
     qemu_fclose(f);
     object_unref(OBJECT(st));
