@@ -274,8 +274,10 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     uint64_t pages = stat64_get(&mig_stats.normal_pages) +
                      stat64_get(&mig_stats.zero_pages);
     int64_t start = mc_now_us(), pause;
+    uint64_t allocs = 0;
     int ret;
 
+    mc_alloc_count_into(&allocs);
     mc_checkpoint_copy_threads(mc);
     /* The standby resumes the guest in the run state saved here. */
     global_state_store();
@@ -315,7 +317,11 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
 
     pages = stat64_get(&mig_stats.normal_pages) +
             stat64_get(&mig_stats.zero_pages) - pages;
+    mc_alloc_count_into(NULL);
     qemu_mutex_lock(&mc->lock);
+    mc->stats.allocations += allocs;
+    mc->stats.allocations_last = allocs;
+    mc->stats.bitmap_words_last = mc_bitmap_words_take();
     mc->stats.checkpoints++;
     mc->stats.throttled_checkpoints += mc->throttle_pct > 0;
     mc->stats.pause_last_us = pause;

@@ -171,8 +171,11 @@ static void mc_ring_region(MCSession *mc, size_t *base, size_t *limit)
 static void *mc_primary_rx_thread(void *opaque)
 {
     MCSession *mc = opaque;
+    uint64_t allocs = 0;
 
     rcu_register_thread();
+    /* ACKs and the output they release (counted at the next message) */
+    mc_alloc_count_into(&allocs);
     for (;;) {
         Error *err = NULL;
         MCWireHeader h;
@@ -181,6 +184,8 @@ static void *mc_primary_rx_thread(void *opaque)
             break;
         }
         qemu_mutex_lock(&mc->lock);
+        mc->stats.allocations += allocs;
+        allocs = 0;
         switch (h.type) {
         case MC_MSG_READY:
             mc_session_set_state(mc, MC_STATE_ACTIVE);
@@ -221,6 +226,7 @@ static void *mc_primary_rx_thread(void *opaque)
         qemu_mutex_unlock(&mc->lock);
     }
 out:
+    mc_alloc_count_into(NULL);
     rcu_unregister_thread();
     return NULL;
 }
@@ -363,8 +369,10 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
 static void *mc_primary_tx_thread(void *opaque)
 {
     MCSession *mc = opaque;
+    uint64_t allocs = 0;
 
     rcu_register_thread();
+    mc_alloc_count_into(&allocs);
     qemu_mutex_lock(&mc->lock);
     for (;;) {
         Error *err = NULL;
@@ -399,6 +407,8 @@ static void *mc_primary_tx_thread(void *opaque)
         ret = mc_send(mc, MC_MSG_CHECKPOINT, 0, epoch, &iov, 1, &err);
         qemu_mutex_lock(&mc->lock);
         mc->tx_busy = false;
+        mc->stats.allocations += allocs;
+        allocs = 0;
         qemu_cond_broadcast(&mc->cond);
         if (ret < 0) {
             qemu_mutex_unlock(&mc->lock);
@@ -412,6 +422,7 @@ static void *mc_primary_tx_thread(void *opaque)
         }
     }
     qemu_mutex_unlock(&mc->lock);
+    mc_alloc_count_into(NULL);
     rcu_unregister_thread();
     return NULL;
 }

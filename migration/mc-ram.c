@@ -24,6 +24,9 @@
  * stores were missed; fixed in patches/migration-dirty-sync-tlb-reset.)
  * This reads the log, after fetching the accelerator's (KVM) into it.
  */
+/* Dirty-log words read by mc_dirty_estimate(); migration thread only */
+static uint64_t mc_poll_words;
+
 uint64_t mc_dirty_estimate(void)
 {
     DirtyMemoryBlocks *blocks;
@@ -49,9 +52,22 @@ uint64_t mc_dirty_estimate(void)
 
                 pages += bitmap_count_one_with_offset(blocks->blocks[idx],
                                                       off, n);
+                mc_poll_words += BITS_TO_LONGS(n);
                 page += n;
             }
         }
     }
     return pages;
+}
+
+/*
+ * Dirty-bitmap words read since the last call: the checkpoint's harvest
+ * and search (ram.c) and the estimates of its epoch.  Migration thread.
+ */
+uint64_t mc_bitmap_words_take(void)
+{
+    uint64_t words = ram_mc_bitmap_words_take() + mc_poll_words;
+
+    mc_poll_words = 0;
+    return words;
 }

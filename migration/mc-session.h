@@ -29,6 +29,7 @@
 #include "qemu/coroutine.h"
 #include "io/channel.h"
 #include "mc.h"
+#include "mc-alloc.h"
 #include "mc-staging.h"
 #include "mc-transport.h"
 

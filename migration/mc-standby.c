@@ -100,8 +100,11 @@ static void mc_standby_refuse(MCSession *mc, uint64_t epoch, uint32_t why,
 static void *mc_standby_rx_thread(void *opaque)
 {
     MCSession *mc = opaque;
+    uint64_t allocs = 0;
 
     rcu_register_thread();
+    /* per checkpoint, with the heartbeats received since the last one */
+    mc_alloc_count_into(&allocs);
     for (;;) {
         Error *err = NULL;
         MCWireHeader h;
@@ -176,9 +179,13 @@ static void *mc_standby_rx_thread(void *opaque)
         mc->stats.bytes += h.len;
         mc->stats.last_bytes = h.len;
         mc->stats.staging_high_water = mc->staging->high_water;
+        mc->stats.allocations += allocs;
+        mc->stats.allocations_last = allocs;
+        allocs = 0;
         qemu_mutex_unlock(&mc->lock);
         trace_mc_checkpoint_applied(h.epoch, h.len);
     }
+    mc_alloc_count_into(NULL);
 
     aio_bh_schedule_oneshot(qemu_get_aio_context(), mc_standby_decide_bh, mc);
     rcu_unregister_thread();

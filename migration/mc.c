@@ -24,6 +24,7 @@
 #include "options.h"
 #include "qemu-file.h"
 #include "mc-session.h"
+#include "mc-alloc.h"
 #include "trace.h"
 
 MCSession *mc_current;
@@ -63,6 +64,8 @@ MCSession *mc_session_new(MCRole role, QIOChannel *ioc, Error **errp)
     mc->stats.role = role;
     mc->stats.state = MC_STATE_SETUP;
     mc->stats.staging_size = st->capacity;
+    mc->stats.has_allocations = mc_alloc_countable();
+    mc->stats.has_allocations_last = mc->stats.has_allocations;
     return mc;
 }
 
@@ -381,6 +384,13 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
                    " threads; %" PRIu64 " checkpoints copied in parallel\n",
                    m->copy_last_us, m->copy_threads_last,
                    m->copy_parallel_checkpoints);
+    if (m->has_allocations) {
+        monitor_printf(mon, "heap allocations on the checkpoint path: %"
+                       PRIu64 ", last checkpoint %" PRIu64 "\n",
+                       m->allocations, m->allocations_last);
+    }
+    monitor_printf(mon, "dirty-bitmap words read, last checkpoint: %" PRIu64
+                   "\n", m->bitmap_words_last);
     g_free(m);
 }
 

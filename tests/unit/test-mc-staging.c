@@ -12,6 +12,7 @@
 #include "migration/vmstate.h"
 #include "../migration/qemu-file.h"
 #include "../migration/mc-staging.h"
+#include "../migration/mc-alloc.h"
 
 static void fill(uint8_t *buf, size_t len, uint8_t seed)
 {
@@ -453,6 +454,76 @@ static void test_device_state_bytes(void)
     object_unref(OBJECT(st));
 }
 
+/*
+ * The allocation counter (SPEC 3.6) counts what a thread allocates while
+ * it asks to, GLib's allocations included, and nothing else.
+ */
+static void test_alloc_count(void)
+{
+    uint64_t n = 0;
+    g_autofree char *a = NULL, *b = NULL, *c = NULL;
+
+    if (!mc_alloc_countable()) {
+        g_test_skip("allocations are not counted in this build");
+        return;
+    }
+    a = g_malloc(10);
+    mc_alloc_count_into(&n);
+    b = g_malloc0(100);                 /* calloc */
+    a = g_realloc(a, 1000);
+    c = g_strdup("mc");
+    g_free(g_new(int, 4));
+    mc_alloc_count_into(NULL);
+    g_assert_cmpuint(n, ==, 4);
+    g_free(g_malloc(1));
+    g_assert_cmpuint(n, ==, 4);
+}
+
+/*
+ * Writing a checkpoint into staging, device state and deferred page
+ * copies included, allocates nothing once the first one is written.
+ */
+static void test_no_alloc_steady(void)
+{
+    MCStaging *st = mc_staging_new(1 << 20, &error_abort);
+    QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(st));
+    size_t page = 4096;
+    g_autofree uint8_t *ram = g_malloc(64 * page);
+    g_autofree DevState *dev = g_new0(DevState, 1);
+    uint64_t n = 0;
+    int round, i;
+
+    if (!mc_alloc_countable()) {
+        g_test_skip("allocations are not counted in this build");
+        qemu_fclose(f);
+        object_unref(OBJECT(st));
+        return;
+    }
+    fake_ram = ram;
+    fake_ram_len = 64 * page;
+    mc_staging_set_defer(st, in_fake_ram, page);
+    for (round = 0; round < 3; round++) {
+        if (round == 1) {
+            mc_alloc_count_into(&n);
+        }
+        mc_staging_rewind(st);
+        for (i = 0; i < 64; i += 3) {
+            qemu_put_be64(f, i);
+            qemu_put_buffer_async(f, ram + i * page, page, false);
+        }
+        qemu_fflush(f);
+        mc_staging_copy_pending(st, NULL, 0);
+        g_assert_cmpint(vmstate_save_state(f, &vmstate_dev, dev, NULL),
+                        ==, 0);
+        g_assert_cmpint(qemu_fflush(f), ==, 0);
+    }
+    mc_alloc_count_into(NULL);
+    g_assert_cmpuint(n, ==, 0);
+    fake_ram = NULL;
+    qemu_fclose(f);
+    object_unref(OBJECT(st));
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -464,6 +535,8 @@ int main(int argc, char **argv)
     g_test_add_func("/mc/staging/read", test_read);
     g_test_add_func("/mc/staging/alloc-failure", test_alloc_failure);
     g_test_add_func("/mc/staging/deferred-copy", test_deferred_copy);
+    g_test_add_func("/mc/alloc/count", test_alloc_count);
+    g_test_add_func("/mc/alloc/none-in-steady-state", test_no_alloc_steady);
     g_test_add_func("/mc/staging/device-state-bytes",
                     test_device_state_bytes);
     return g_test_run();
