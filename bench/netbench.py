@@ -4,10 +4,10 @@
 One protected pair on the namespace network of the tests (tests/mc/
 mcnet.py).  The same guest and client measure, in this order:
   - no MC (the primary alone, before migrate);
-  - MC at mc-delay 100, then at mc-delay 10 (changed at run time);
+  - MC at each of --delays (100, 10, 1, 0 by default; changed at run time);
 each: round-trip time of a small request/echo (p50, p99) and the TCP
-throughput of a bulk transfer from the guest to the client.  Then the
-primary is killed while a client sends a request every 10 ms: the time
+throughput of a bulk transfer from the guest to the client.  Then, at
+delay 10, the primary is killed while a client sends a request every 10 ms: the time
 from the kill until the client is answered again (the end of its longest
 silence), and whether its connection saw anything wrong.
 
@@ -35,6 +35,10 @@ from mcvm import workdir  # noqa: E402
 from colo import ColoNetPair  # noqa: E402
 
 CLIENT = os.path.join(HERE, '..', 'tests', 'mc', 'netclient.py')
+# long enough that slow start after each idle period does not decide it
+BULK_BYTES = 64 << 20
+DELAYS = (100, 10, 1, 0)
+FAILOVER_DELAY = 10     # the failover figure, after the others
 
 
 def pct(values, p):
@@ -95,7 +99,7 @@ def failover_seen(topo, wd, label, kill):
             'problems': len(bad)}
 
 
-def run(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10), failover=False):
+def run(rtt_count=200, bulk_bytes=BULK_BYTES, delays=DELAYS, failover=False):
     wd = workdir('netbench')
     topo = Topology()
     pair = None
@@ -112,8 +116,10 @@ def run(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10), failover=False):
         print('held at most %d bytes per NIC, throttled %d times'
               % (mc['net-held-high-water'], mc['net-throttled']))
         if failover:
+            pair.primary.qmp.cmd('migrate-set-parameters',
+                                 **{'mc-delay': FAILOVER_DELAY})
             rows.append(failover_seen(
-                topo, wd, 'MC mc-delay %d' % delays[-1],
+                topo, wd, 'MC mc-delay %d' % FAILOVER_DELAY,
                 lambda: pair.primary.kill(signal.SIGKILL)))
     finally:
         if pair:
@@ -122,7 +128,7 @@ def run(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10), failover=False):
     return rows
 
 
-def run_colo(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10),
+def run_colo(rtt_count=200, bulk_bytes=BULK_BYTES, delays=DELAYS,
              mem='512M'):
     """Upstream COLO, same guest and client, x-checkpoint-delay matched;
     ends with a failover (the secondary's part as COLO-FT.txt has it)."""
@@ -145,7 +151,9 @@ def run_colo(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10),
         def kill():
             pair.primary.kill(signal.SIGKILL)
             pair.take_over()
-        rows.append(failover_seen(topo, wd, 'COLO delay %d' % delays[-1],
+        pair.primary.qmp.cmd('migrate-set-parameters',
+                             **{'x-checkpoint-delay': FAILOVER_DELAY})
+        rows.append(failover_seen(topo, wd, 'COLO delay %d' % FAILOVER_DELAY,
                                   kill))
     finally:
         if pair:
@@ -157,14 +165,18 @@ def run_colo(rtt_count=200, bulk_bytes=4 << 20, delays=(100, 10),
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--rtt-count', type=int, default=200)
-    ap.add_argument('--bulk-bytes', type=int, default=4 << 20)
+    ap.add_argument('--bulk-bytes', type=int, default=BULK_BYTES)
+    ap.add_argument('--delays', default=','.join(map(str, DELAYS)),
+                    help='mc-delay values in ms, in order (default %(default)s)')
+    ap.add_argument('--no-failover', action='store_true')
     ap.add_argument('--csv')
     ap.add_argument('--colo', action='store_true',
                     help='also measure upstream COLO')
     a = ap.parse_args()
-    rows = run(a.rtt_count, a.bulk_bytes, failover=True)
+    delays = tuple(int(d) for d in a.delays.split(','))
+    rows = run(a.rtt_count, a.bulk_bytes, delays, not a.no_failover)
     if a.colo:
-        rows += run_colo(a.rtt_count, a.bulk_bytes)
+        rows += run_colo(a.rtt_count, a.bulk_bytes, delays)
     base = rows[0]
     for r in rows[1:]:
         if 'samples' not in r:

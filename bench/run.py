@@ -43,12 +43,25 @@ MACHINE = 'pc'          # upstream COLO's documented machine, for both
 MEM_MIB = 512
 RATES = [0, 2000, 5000, 10000, 20000]      # pages dirtied per second
 MEASURE_S = float(os.environ.get('MC_BENCH_SECONDS', '8'))
+# network: MC at each delay; COLO back to back (0) is not a setting
+# anyone runs, and its 1 ms is already its checkpoint rate's limit
+NET_DELAYS = netbench.DELAYS
+COLO_NET_DELAYS = (100, 10, 1)
+NET_RTTS = 150
+NET_BULK = netbench.BULK_BYTES
 OUT = os.path.join(TOP, 'docs', 'bench')
 
 
 def pct(v, p):
     v = sorted(v)
     return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
+
+
+def cpu_s(pid):
+    """CPU time (user + system) a process has used, in seconds."""
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def rss_mib(pid):
@@ -91,10 +104,29 @@ def workload_rate(vm, seconds):
     return (n1 - n0) / (t1 - t0)
 
 
+PHASES = ('stop', 'harvest', 'save', 'copy', 'devices', 'resume')
+
+
+def phases(trace, first, last):
+    """Where each pause of checkpoints first..last went (us): stopping
+    (vCPUs, handlers, participants), the dirty-log harvest (ram.c's
+    sync), the rest of the RAM and disk sections, the deferred page
+    copy, device state, resuming (mc_checkpoint_phases, traced after the
+    pause: it does not lengthen it)."""
+    out = []
+    with open(trace) as f:
+        for line in f:
+            m = re.search(r'mc_checkpoint_phases epoch (\d+) (.*)', line)
+            if m and first <= int(m.group(1)) <= last:
+                out.append(tuple(int(x) for x in
+                                 re.findall(r'(-?\d+)', m.group(2))))
+    return out
+
+
 def trace_pair(topo, wd, **kw):
     events = os.path.join(wd, 'events')
     with open(events, 'w') as f:
-        f.write('mc_checkpoint_take\n')
+        f.write('mc_checkpoint_take\nmc_checkpoint_phases\n')
     trace = os.path.join(wd, 'primary.trace')
     return Pair(topo, wd, mem=MEM, machine=MACHINE, trace=(events, trace),
                 **kw), trace
@@ -128,10 +160,17 @@ def run_rate(rate, rep, rows):
         pair.start_mc()
         time.sleep(1)
         first = pair.mc()['checkpoints'] + 1
+        pids = (pair.primary.proc.pid, pair.standby.proc.pid)
+        c0, t0 = [cpu_s(p) for p in pids], time.time()
         time.sleep(MEASURE_S)
+        c1, t1 = [cpu_s(p) for p in pids], time.time()
         last = pair.mc()['checkpoints']
+        rows['cpu'].append((rep, rate) + tuple(
+            100 * (b - a) / (t1 - t0) for a, b in zip(c0, c1)))
         for pages, pause in takes(trace, first, last):
             rows['pause'].append((rep, rate, pages, pause))
+        for ph in phases(trace, first, last):
+            rows['phases'].append((rep, rate) + ph)
         rows['rss'].append((rep, rate, rss_mib(pair.primary.proc.pid),
                             rss_mib(pair.standby.proc.pid)))
         if rate == 0:
@@ -292,7 +331,10 @@ def plot(name, script):
 # the raw data: rows key, file in docs/bench, its header
 CSVS = [
     ('pause', 'pause.csv', 'rep,rate_pps,dirty_pages,pause_us'),
+    ('phases', 'pause-phases.csv',
+     'rep,rate_pps,' + ','.join(p + '_us' for p in PHASES)),
     ('rss', 'rss.csv', 'rep,rate_pps,primary_mib,standby_mib'),
+    ('cpu', 'cpu.csv', 'rep,rate_pps,primary_cpu_pct,standby_cpu_pct'),
     ('rate0', 'checkpoints-per-second.csv', 'rep,per_s'),
     ('failover', 'failover.csv',
      'rep,rate_pps,kill_to_event_ms,kill_to_next_record_ms'),
@@ -322,7 +364,7 @@ def load_csv(name):
             except ValueError:
                 pass
         return x
-    if (name in ('disk.csv', 'copy.csv') and
+    if (name in ('disk.csv', 'copy.csv', 'pause-phases.csv', 'cpu.csv') and
             not os.path.exists(os.path.join(OUT, name))):
         return []       # a run from before that benchmark
     with open(os.path.join(OUT, name)) as f:
@@ -347,11 +389,11 @@ def measure():
         print('-- COLO', flush=True)
         run_colo(rep, rows)
         print('-- network', flush=True)
-        net_rows = netbench.run(rtt_count=150, bulk_bytes=4 << 20,
-                                failover=True)
+        net_rows = netbench.run(rtt_count=NET_RTTS, bulk_bytes=NET_BULK,
+                                delays=NET_DELAYS, failover=True)
         print('-- network, COLO', flush=True)
-        net_rows += netbench.run_colo(rtt_count=150, bulk_bytes=4 << 20,
-                                      mem=MEM)
+        net_rows += netbench.run_colo(rtt_count=NET_RTTS, bulk_bytes=NET_BULK,
+                                      delays=COLO_NET_DELAYS, mem=MEM)
         for r in net_rows:
             if 'failover_ms' in r:
                 rows['net_failover'].append((rep, r['config'],
@@ -416,6 +458,44 @@ def disk_section(rows):
                 when, diskbench.table(rows), diskbench.notes(rows)))
 
 
+def cpu_section(rows):
+    """CPU use of both sides, by dirty rate."""
+    if not rows:
+        return ''
+    out = ('\nCPU use at mc-delay 100 (% of one CPU, median over '
+           'repetitions; the guest has one vCPU, TCG):\n\n'
+           '| pages/s | primary | standby |\n|---|---|---|\n')
+    for r in RATES:
+        sel = [x for x in rows if x[1] == r]
+        if sel:
+            out += '| %d | %.0f | %.1f |\n' % (
+                r, med([x[2] for x in sel]), med([x[3] for x in sel]))
+    return out
+
+
+def phase_section(rows):
+    """Where the pause goes, by dirty rate (trace events)."""
+    if not rows:
+        return ''
+    out = ('\nWhere the MC pause goes (us, median of each phase over all '
+           'checkpoints of the pause runs above, from the '
+           'mc_checkpoint_phases trace event): stop = vCPUs stopped, '
+           'state-change handlers, disk drain; harvest = dirty-log sync; '
+           'save = finding the dirty pages and writing the RAM and disk '
+           'sections; copy = the deferred page copy; devices = device '
+           'state; resume = handlers and vCPUs back on. Medians do not add '
+           'up to the pause median.\n\n| pages/s | n | ' +
+           ' | '.join(PHASES) + ' |\n|---|---|' + '---|' * len(PHASES) +
+           '\n')
+    for r in RATES:
+        sel = [x[2:] for x in rows if x[1] == r]
+        if sel:
+            out += '| %d | %d | %s |\n' % (r, len(sel), ' | '.join(
+                '%.0f' % pct([x[i] for x in sel], 50)
+                for i in range(len(PHASES))))
+    return out
+
+
 def report(rows, run):
     """docs/benchmarks.md and the plots, from the raw data."""
     measure_s, repeat = run['measure_s'], run['repetitions']
@@ -449,7 +529,7 @@ def report(rows, run):
     base50 = net_fig('no MC', 'p50')
     extra, extra50, thr_ratio = {}, {}, {}
     for who, cfg in (('MC', 'MC mc-delay %d'), ('COLO', 'COLO delay %d')):
-        for d in (100, 10):
+        for d in NET_DELAYS:
             # each repetition against its own no-MC baseline
             extra[who, d] = [m - b for m, b in
                              zip(net_fig(cfg % d, 'p99'), base50)]
@@ -465,7 +545,7 @@ def report(rows, run):
     fo_bad = {who: sum(n for _, c, _, _, n in rows['net_failover']
                        if c.startswith(who)) for who in ('MC', 'COLO')}
     c_net_rate = {d: [x for _, c, x in rows['colo_net_rate']
-                      if c == 'COLO delay %d' % d] for d in (100, 10)}
+                      if c == 'COLO delay %d' % d] for d in NET_DELAYS}
     cp = [p / 1000 for _, r, _, p in rows['colo_pause'] if r == 0]
     c_by_rate = {r: [p / 1000 for _, rr, _, p in rows['colo_pause']
                      if rr == r] for r in RATES}
@@ -500,6 +580,28 @@ def report(rows, run):
         return '%s; max %.2f' % (spread(per), max(pooled)) if pooled \
             else 'n/a'
 
+    net_rows = []
+    for what, fig, target, method in (
+            ('extra latency p99', extra, {100: '<= 102 ms', 10: '<= 12 ms',
+                                          1: '<= 3 ms'},
+             'request/echo every 5 ms, %d per repetition: p99 with MC or '
+             'COLO - p50 of no MC (the same guest without either)'
+             % NET_RTTS),
+            ('extra latency p50', extra50, {}, 'p50 with MC or COLO - p50 '
+             'of no MC'),
+            ('TCP throughput', thr_ratio, {10: '>= 50 %'},
+             '%d MiB guest->client, %% of no MC' % (NET_BULK >> 20))):
+        for i, d in enumerate(NET_DELAYS):
+            mc, colo = fig['MC', d], fig['COLO', d]
+            fmt = '%.1f' if fig is thr_ratio else '%.2f'
+            cmp = ratio(colo, mc, fig is not thr_ratio) if colo else ''
+            if d in target:
+                cmp += ('; ' if cmp else '') + 'target ' + target[d]
+            net_rows.append(('%s at delay %d (%s)' % (
+                what, d, '%' if fig is thr_ratio else 'ms'),
+                spread(mc, fmt), spread(colo, fmt) if colo else
+                'not run', cmp, method if i == 0 else 'same'))
+
     table = [
         ('VM pause per checkpoint, idle, p50 (ms)', spread(idle_p50),
          spread(colo_p50), ratio(colo_p50, idle_p50) + '; target <= 0.5 ms, >= 50x COLO',
@@ -527,36 +629,11 @@ def report(rows, run):
          'mc-dirty (8 MiB, flat out) pages per host second vs none'),
         ('guest slowdown, mc-delay 10 (%)', spread(sd10, '%.1f'), '', '',
          'same'),
-        ('extra latency p99 at delay 100 (ms)', spread(extra['MC', 100]),
-         spread(extra['COLO', 100]),
-         ratio(extra['COLO', 100], extra['MC', 100]) +
-         '; target <= 102 ms',
-         'request/echo every 5 ms, 150 per repetition: p99 with MC or '
-         'COLO - p50 of no MC (the same guest without either)'),
-        ('extra latency p99 at delay 10 (ms)', spread(extra['MC', 10]),
-         spread(extra['COLO', 10]),
-         ratio(extra['COLO', 10], extra['MC', 10]) + '; target <= 12 ms',
-         'same'),
-        ('extra latency p50 at delay 100 (ms)', spread(extra50['MC', 100]),
-         spread(extra50['COLO', 100]),
-         ratio(extra50['COLO', 100], extra50['MC', 100]),
-         'p50 with MC or COLO - p50 of no MC'),
-        ('extra latency p50 at delay 10 (ms)', spread(extra50['MC', 10]),
-         spread(extra50['COLO', 10]),
-         ratio(extra50['COLO', 10], extra50['MC', 10]), 'same'),
-        ('TCP throughput, delay 100 (% of no MC)',
-         spread(thr_ratio['MC', 100], '%.1f'),
-         spread(thr_ratio['COLO', 100], '%.1f'),
-         ratio(thr_ratio['COLO', 100], thr_ratio['MC', 100], False),
-         '4 MiB guest->client'),
-        ('TCP throughput, delay 10 (% of no MC)',
-         spread(thr_ratio['MC', 10], '%.1f'),
-         spread(thr_ratio['COLO', 10], '%.1f'),
-         ratio(thr_ratio['COLO', 10], thr_ratio['MC', 10], False), 'same'),
+    ] + net_rows + [
         ('COLO checkpoints per second during the network test, delay '
-         '100 / 10', '', '%s / %s' % (spread(c_net_rate[100], '%.1f'),
-                                     spread(c_net_rate[10], '%.1f')), '',
-         'sent by the COLO primary during that test: the periodic ones '
+         + ' / '.join(str(d) for d in COLO_NET_DELAYS), '',
+         ' / '.join(spread(c_net_rate[d], '%.1f') for d in COLO_NET_DELAYS),
+         '', 'sent by the COLO primary during that test: the periodic ones '
          'and those colo-compare forces on an output difference'),
         ('failover: kill -> takeover event (ms)', spread(fo_ev, '%.0f'),
          spread(c_fo, '%.0f'), ratio(c_fo, fo_ev),
@@ -619,6 +696,8 @@ def report(rows, run):
                 ' | '.join('%.2f' % x for x in (
                     pct(c, 50), pct(c, 99), max(c))) + ' | %d' % len(c)
                 if c else 'n/a | n/a | n/a | 0'))
+        f.write(phase_section(rows['phases']))
+        f.write(cpu_section(rows['cpu']))
         f.write(disk_section(rows['disk']))
         f.write(copybench.section(rows['copy']))
         f.write('\n![pause against dirty pages](bench/pause.png)\n'

@@ -273,8 +273,9 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     bool running;
     uint64_t pages = stat64_get(&mig_stats.normal_pages) +
                      stat64_get(&mig_stats.zero_pages);
-    int64_t start = mc_now_us(), pause;
-    uint64_t allocs = 0;
+    int64_t start = mc_now_us(), pause, paused_at, saved_at, devices_at_us;
+    int64_t harvest_us;
+    uint64_t allocs = 0, words;
     int ret;
 
     mc_alloc_count_into(&allocs);
@@ -285,13 +286,14 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     running = mc_guest_pause();
     /* What the guest does from now on belongs to the next checkpoint */
     mc_participants_checkpoint(epoch);
+    paused_at = mc_now_us();
 
     mc_staging_rewind_at(mc->staging, base, limit);
     ram_mc_begin_checkpoint(mc->sfile);
     qemu_savevm_live_state(mc->sfile);
     /* The page copies were only recorded: do them, still paused */
     qemu_fflush(mc->sfile);
-    copy_start = mc_now_us();
+    saved_at = copy_start = mc_now_us();
     copy_bytes = mc->staging->pending_bytes;
     threads = mc_staging_copy_pending(mc->staging, mc->copy_pool,
                                       MC_COPY_PARALLEL_MIN);
@@ -304,6 +306,7 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     qemu_fflush(mc->sfile);
     /* device state is copied as written; this finds nothing, normally */
     mc_staging_copy_pending(mc->staging, NULL, 0);
+    devices_at_us = mc_now_us();
     if (!ret) {
         ret = qemu_file_get_error(mc->sfile);
     }
@@ -317,11 +320,12 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
 
     pages = stat64_get(&mig_stats.normal_pages) +
             stat64_get(&mig_stats.zero_pages) - pages;
+    words = mc_bitmap_words_take(&harvest_us);
     mc_alloc_count_into(NULL);
     qemu_mutex_lock(&mc->lock);
     mc->stats.allocations += allocs;
     mc->stats.allocations_last = allocs;
-    mc->stats.bitmap_words_last = mc_bitmap_words_take();
+    mc->stats.bitmap_words_last = words;
     mc->stats.checkpoints++;
     mc->stats.throttled_checkpoints += mc->throttle_pct > 0;
     mc->stats.pause_last_us = pause;
@@ -336,6 +340,11 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     mc->stats.staging_high_water = mc->staging->high_water;
     qemu_mutex_unlock(&mc->lock);
     trace_mc_checkpoint_take(epoch, pages, mc->staging->used, pause);
+    /* where the pause went: bench/run.py reads it */
+    trace_mc_checkpoint_phases(epoch, paused_at - start, harvest_us,
+                               saved_at - paused_at - harvest_us, copy_us,
+                               devices_at_us - saved_at - copy_us,
+                               start + pause - devices_at_us);
 
     if (mc->staging->overflow) {
         error_setg(errp, "MC: checkpoint %" PRIu64 " does not fit in "

@@ -64,9 +64,9 @@ uint64_t mc_dirty_estimate(void)
  * Dirty-bitmap words read since the last call: the checkpoint's harvest
  * and search (ram.c) and the estimates of its epoch.  Migration thread.
  */
-uint64_t mc_bitmap_words_take(void)
+uint64_t mc_bitmap_words_take(int64_t *harvest_us)
 {
-    uint64_t words = ram_mc_bitmap_words_take() + mc_poll_words;
+    uint64_t words = ram_mc_bitmap_words_take(harvest_us) + mc_poll_words;
 
     mc_poll_words = 0;
     return words;

@@ -129,12 +129,15 @@ extern const MCParticipant mc_block_participant;
 
 /* Implemented in ram.c: send the next checkpoint's pages to @f */
 void ram_mc_begin_checkpoint(QEMUFile *f);
-/* ...and the dirty-bitmap words it read since the last call */
-uint64_t ram_mc_bitmap_words_take(void);
+/* ...and the dirty-bitmap words it read and the time it synced since */
+uint64_t ram_mc_bitmap_words_take(int64_t *sync_us);
 
 /* Pages dirtied since the last checkpoint, the log left as it is */
 uint64_t mc_dirty_estimate(void);
-/* Dirty-bitmap words read for the checkpoint being taken (mc-ram.c) */
-uint64_t mc_bitmap_words_take(void);
+/*
+ * Dirty-bitmap words read for the checkpoint being taken, and the time
+ * its dirty-log sync took (mc-ram.c)
+ */
+uint64_t mc_bitmap_words_take(int64_t *harvest_us);
 
 #endif
