@@ -39,6 +39,7 @@ CLIENT = os.path.join(HERE, '..', 'tests', 'mc', 'netclient.py')
 BULK_BYTES = 64 << 20
 DELAYS = (100, 10, 1, 0)
 FAILOVER_DELAY = 10     # the failover figure, after the others
+COLO_NODELAY = 'COLO+nodelay'   # label of COLO with TCP_NODELAY
 
 
 def pct(values, p):
@@ -129,21 +130,26 @@ def run(rtt_count=200, bulk_bytes=BULK_BYTES, delays=DELAYS, failover=False):
 
 
 def run_colo(rtt_count=200, bulk_bytes=BULK_BYTES, delays=DELAYS,
-             mem='512M'):
+             mem='512M', nodelay=False, failover=True):
     """Upstream COLO, same guest and client, x-checkpoint-delay matched;
-    ends with a failover (the secondary's part as COLO-FT.txt has it)."""
+    ends with a failover (the secondary's part as COLO-FT.txt has it).
+    @nodelay: TCP_NODELAY on its migration socket and proxy chardevs
+    (patches/colo-tcp-nodelay.patch); without, COLO as shipped."""
     wd = workdir('netbench-colo')
     topo = Topology()
     pair = None
     rows = []
+    label = COLO_NODELAY if nodelay else 'COLO'
     try:
-        pair = ColoNetPair(topo, wd, delay_ms=delays[0], mem=mem)
+        pair = ColoNetPair(topo, wd, delay_ms=delays[0], mem=mem,
+                           nodelay=nodelay)
         pair.start()
         for d in delays:
             pair.primary.qmp.cmd('migrate-set-parameters',
                                  **{'x-checkpoint-delay': d})
             n0, t0 = pair.checkpoints(), time.time()
-            row = measure(topo, 'COLO delay %d' % d, rtt_count, bulk_bytes)
+            row = measure(topo, '%s delay %d' % (label, d), rtt_count,
+                          bulk_bytes)
             row['checkpoints_per_s'] = ((pair.checkpoints() - n0) /
                                         (time.time() - t0))
             rows.append(row)
@@ -151,10 +157,11 @@ def run_colo(rtt_count=200, bulk_bytes=BULK_BYTES, delays=DELAYS,
         def kill():
             pair.primary.kill(signal.SIGKILL)
             pair.take_over()
-        pair.primary.qmp.cmd('migrate-set-parameters',
-                             **{'x-checkpoint-delay': FAILOVER_DELAY})
-        rows.append(failover_seen(topo, wd, 'COLO delay %d' % FAILOVER_DELAY,
-                                  kill))
+        if failover:
+            pair.primary.qmp.cmd('migrate-set-parameters',
+                                 **{'x-checkpoint-delay': FAILOVER_DELAY})
+            rows.append(failover_seen(topo, wd, '%s delay %d'
+                                      % (label, FAILOVER_DELAY), kill))
     finally:
         if pair:
             pair.close()
@@ -176,7 +183,10 @@ def main():
     delays = tuple(int(d) for d in a.delays.split(','))
     rows = run(a.rtt_count, a.bulk_bytes, delays, not a.no_failover)
     if a.colo:
-        rows += run_colo(a.rtt_count, a.bulk_bytes, delays)
+        colo_delays = tuple(d for d in delays if d)
+        rows += run_colo(a.rtt_count, a.bulk_bytes, colo_delays)
+        rows += run_colo(a.rtt_count, a.bulk_bytes, colo_delays,
+                         nodelay=True, failover=False)
     base = rows[0]
     for r in rows[1:]:
         if 'samples' not in r:

@@ -34,14 +34,21 @@ def trace_args(wd, events=()):
             '-msg', 'timestamp=on'], trace
 
 
+def nodelay_args(nodelay):
+    """COLO's migration socket with or without TCP_NODELAY (patches/
+    colo-tcp-nodelay.patch; upstream has none: off is COLO as shipped)."""
+    return ['-global', 'migration.x-colo-tcp-nodelay=%s'
+            % ('on' if nodelay else 'off')]
+
+
 class ColoPair:
-    def __init__(self, wd, delay_ms=100, mem='256M', app=''):
+    def __init__(self, wd, delay_ms=100, mem='256M', app='', nodelay=False):
         self.port = free_port()
         targs, self.trace = trace_args(wd)
         # -machine pc as in upstream's COLO-FT.txt: on q35 the secondary
         # asserts in memory_region_add_subregion() loading device state
         # over its running devices (COLO does not reset them; MC does)
-        args = guest_args(app, mem=mem, machine='pc')
+        args = guest_args(app, mem=mem, machine='pc') + nodelay_args(nodelay)
         self.primary = VM('colo-primary', args + targs, wd)
         self.secondary = VM('colo-secondary', args + [
             '-incoming', 'tcp:127.0.0.1:%d' % self.port], wd)
@@ -135,7 +142,7 @@ class ColoNetPair(ColoPair):
     """
 
     def __init__(self, topo, wd, delay_ms=100, mem='256M', tcpserv_ms=0,
-                 app='', events=()):
+                 app='', events=(), nodelay=False):
         self.topo = topo
         targs, self.trace = trace_args(wd, events)
         append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
@@ -149,6 +156,8 @@ class ColoNetPair(ColoPair):
 
         def sock(cid, port, server=False, wait=False):
             opt = 'socket,id=%s,host=127.0.0.1,port=%d' % (cid, port)
+            if nodelay:
+                opt += ',nodelay=on'
             if server:
                 opt += ',server=on,wait=%s' % ('on' if wait else 'off')
             return ['-chardev', opt]
@@ -156,16 +165,16 @@ class ColoNetPair(ColoPair):
         # the secondary first: the primary waits for it on compare1
         sec = nic('secondary') + [
             '-chardev', 'socket,id=red0,host=127.0.0.1,port=9003,'
-            'reconnect-ms=200',
+            'reconnect-ms=200' + (',nodelay=on' if nodelay else ''),
             '-chardev', 'socket,id=red1,host=127.0.0.1,port=9004,'
-            'reconnect-ms=200',
+            'reconnect-ms=200' + (',nodelay=on' if nodelay else ''),
             '-object', 'filter-redirector,id=f1,netdev=hn0,queue=tx,'
             'indev=red0,vnet_hdr_support=on',
             '-object', 'filter-redirector,id=f2,netdev=hn0,queue=rx,'
             'outdev=red1,vnet_hdr_support=on',
             '-object', 'filter-rewriter,id=rew0,netdev=hn0,queue=all,'
             'vnet_hdr_support=on',
-            '-incoming', 'tcp:127.0.0.1:9998']
+            '-incoming', 'tcp:127.0.0.1:9998'] + nodelay_args(nodelay)
         self.secondary = VM('colo-secondary', guest_args(
             append, mem=mem, machine='pc', extra=sec), wd, wrapper=wrapper)
         topo.plug(topo.tap_name('secondary'))
@@ -183,7 +192,8 @@ class ColoNetPair(ColoPair):
                    '-object', 'iothread,id=iothread1',
                    '-object', 'colo-compare,id=comp0,primary_in=compare0-0,'
                    'secondary_in=compare1,outdev=compare_out0,'
-                   'iothread=iothread1,vnet_hdr_support=on'] + targs)
+                   'iothread=iothread1,vnet_hdr_support=on'] + targs +
+               nodelay_args(nodelay))
         self.primary = VM('colo-primary', guest_args(
             append, mem=mem, machine='pc', extra=pri), wd, wrapper=wrapper)
         topo.plug(topo.tap_name('primary'))
@@ -225,7 +235,7 @@ class ColoDiskPair(ColoPair):
     """
 
     def __init__(self, wd, image, fmt='raw', delay_ms=100, mem='512M',
-                 app='', extra=None):
+                 app='', extra=None, nodelay=False):
         extra = extra or {}
         self.port = free_port()
         self.nbd_port = free_port()
@@ -254,10 +264,12 @@ class ColoDiskPair(ColoPair):
                % (active, hidden),
                '-drive', quorum + 'children.0=childs0'] + dev + list(
                    extra.get('secondary', ())) + [
-               '-incoming', 'tcp:127.0.0.1:%d' % self.port]
+               '-incoming', 'tcp:127.0.0.1:%d' % self.port] + \
+            nodelay_args(nodelay)
         pri = ['-drive', quorum + 'children.0.file.filename=%s,'
                'children.0.driver=%s' % (image, fmt)] + dev + list(
-                   extra.get('primary', ())) + targs + ['-S']
+                   extra.get('primary', ())) + targs + ['-S'] + \
+            nodelay_args(nodelay)
         self.secondary = VM('colo-secondary', guest_args(
             app, mem=mem, machine='pc', extra=sec), wd)
         self.primary = VM('colo-primary', guest_args(
