@@ -5,8 +5,10 @@ One protected pair on the namespace network of the tests (tests/mc/
 mcnet.py).  The same guest and client measure, in this order:
   - no MC (the primary alone, before migrate);
   - MC at each of --delays (100, 10, 1, 0 by default; changed at run time);
-each: round-trip time of a small request/echo (p50, p99) and the TCP
-throughput of a bulk transfer from the guest to the client.  Then, at
+each: round-trip time of a small request/echo (p50, p99), the same with
+replies that carry the guest's clock (they differ between two runs of the
+guest, as a real service's do), and the TCP throughput of a bulk transfer
+from the guest to the client.  Then, at
 delay 10, the primary is killed while a client sends a request every 10 ms: the time
 from the kill until the client is answered again (the end of its longest
 silence), and whether its connection saw anything wrong.
@@ -57,6 +59,9 @@ def client(topo, *args):
 
 def measure(topo, label, rtt_count, bulk_bytes):
     rtts = client(topo, 'rtt', '--count', str(rtt_count), '--interval', '5')
+    # the same with replies that differ between two runs of the guest
+    nd = client(topo, 'rtt', '--count', str(rtt_count), '--interval', '5',
+                '--nondet')
     bulk = client(topo, 'bulk', '--bytes', str(bulk_bytes), '--timeout',
                   '120')
     row = {'config': label,
@@ -64,10 +69,15 @@ def measure(topo, label, rtt_count, bulk_bytes):
            'rtt_p99_ms': pct(rtts, 99) * 1000,
            'rtt_mean_ms': statistics.mean(rtts) * 1000,
            'throughput_MBps': bulk['bytes'] / bulk['seconds'] / 1e6,
-           'samples': rtts}
-    print('%-22s rtt p50 %7.2f ms  p99 %7.2f ms  throughput %6.2f MB/s'
+           'samples': rtts,
+           'nondet_p50_ms': pct(nd, 50) * 1000,
+           'nondet_p99_ms': pct(nd, 99) * 1000,
+           'nondet_samples': nd}
+    print('%-22s rtt p50 %7.2f ms  p99 %7.2f ms  throughput %6.2f MB/s; '
+          'clock replies: rtt p50 %7.2f ms  p99 %7.2f ms'
           % (label, row['rtt_p50_ms'], row['rtt_p99_ms'],
-             row['throughput_MBps']), flush=True)
+             row['throughput_MBps'], row['nondet_p50_ms'],
+             row['nondet_p99_ms']), flush=True)
     return row
 
 

@@ -49,6 +49,7 @@ NET_DELAYS = netbench.DELAYS
 COLO_NET_DELAYS = (100, 10, 1)
 NET_RTTS = 150
 NET_BULK = netbench.BULK_BYTES
+NONDET = ' nondet'      # config suffix: replies carrying the guest's clock
 OUT = os.path.join(TOP, 'docs', 'bench')
 
 
@@ -396,6 +397,37 @@ def load_csv(name):
                 for line in f if line.strip()]
 
 
+def measure_net(rep, rows):
+    """The network figures of one repetition into rows (net, net_failover,
+    colo_net_rate)."""
+    print('-- network', flush=True)
+    net_rows = netbench.run(rtt_count=NET_RTTS, bulk_bytes=NET_BULK,
+                            delays=NET_DELAYS, failover=True)
+    print('-- network, COLO', flush=True)
+    net_rows += netbench.run_colo(rtt_count=NET_RTTS, bulk_bytes=NET_BULK,
+                                  delays=COLO_NET_DELAYS, mem=MEM)
+    print('-- network, COLO with TCP_NODELAY', flush=True)
+    net_rows += netbench.run_colo(rtt_count=NET_RTTS, bulk_bytes=NET_BULK,
+                                  delays=COLO_NET_DELAYS, mem=MEM,
+                                  nodelay=True, failover=False)
+    for r in net_rows:
+        if 'failover_ms' in r:
+            rows['net_failover'].append((rep, r['config'],
+                                         r['failover_ms'],
+                                         r['silence_ms'],
+                                         r['problems']))
+            continue
+        for i, s in enumerate(r['samples']):
+            rows['net'].append((rep, r['config'], i, s * 1000,
+                                r['throughput_MBps']))
+        for i, s in enumerate(r.get('nondet_samples', ())):
+            rows['net'].append((rep, r['config'] + NONDET, i, s * 1000,
+                                r['throughput_MBps']))
+        if 'checkpoints_per_s' in r:
+            rows['colo_net_rate'].append((rep, r['config'],
+                                          r['checkpoints_per_s']))
+
+
 def measure():
     """Every measurement, REPEAT times; the raw data goes to docs/bench."""
     rows = {k: [] for k, _, _ in CSVS}
@@ -411,29 +443,7 @@ def measure():
         run_precopy(rep, rows)
         print('-- COLO', flush=True)
         run_colo(rep, rows)
-        print('-- network', flush=True)
-        net_rows = netbench.run(rtt_count=NET_RTTS, bulk_bytes=NET_BULK,
-                                delays=NET_DELAYS, failover=True)
-        print('-- network, COLO', flush=True)
-        net_rows += netbench.run_colo(rtt_count=NET_RTTS, bulk_bytes=NET_BULK,
-                                      delays=COLO_NET_DELAYS, mem=MEM)
-        print('-- network, COLO with TCP_NODELAY', flush=True)
-        net_rows += netbench.run_colo(rtt_count=NET_RTTS, bulk_bytes=NET_BULK,
-                                      delays=COLO_NET_DELAYS, mem=MEM,
-                                      nodelay=True, failover=False)
-        for r in net_rows:
-            if 'failover_ms' in r:
-                rows['net_failover'].append((rep, r['config'],
-                                             r['failover_ms'],
-                                             r['silence_ms'],
-                                             r['problems']))
-                continue
-            for i, s in enumerate(r['samples']):
-                rows['net'].append((rep, r['config'], i, s * 1000,
-                                    r['throughput_MBps']))
-            if 'checkpoints_per_s' in r:
-                rows['colo_net_rate'].append((rep, r['config'],
-                                              r['checkpoints_per_s']))
+        measure_net(rep, rows)
         print('-- disk', flush=True)
         diskbench.run(rep, rows['disk'])
     print('-- copy cost', flush=True)
@@ -554,10 +564,17 @@ def report(rows, run):
         return vals
 
     base50 = net_fig('no MC', 'p50')
-    extra, extra50, thr_ratio = {}, {}, {}
+    nd_base50 = net_fig('no MC' + NONDET, 'p50')
+    extra, extra50, thr_ratio, ndx, ndx50 = {}, {}, {}, {}, {}
     for who, cfg in (('MC', 'MC mc-delay %d'), ('COLO', 'COLO delay %d'),
                      ('ND', netbench.COLO_NODELAY + ' delay %d')):
         for d in NET_DELAYS:
+            # replies carrying the guest's clock, against their own no MC
+            ndx[who, d] = [m - b for m, b in
+                           zip(net_fig(cfg % d + NONDET, 'p99'), nd_base50)]
+            ndx50[who, d] = [m - b for m, b in
+                             zip(net_fig(cfg % d + NONDET, 'p50'),
+                                 nd_base50)]
             # each repetition against its own no-MC baseline
             extra[who, d] = [m - b for m, b in
                              zip(net_fig(cfg % d, 'p99'), base50)]
@@ -631,6 +648,12 @@ def report(rows, run):
              % NET_RTTS),
             ('extra latency p50', extra50, {}, 'p50 with MC or COLO - p50 '
              'of no MC'),
+            ('extra latency p99, replies with the guest clock', ndx, {},
+             'the same requests answered with the guest\'s clock (they '
+             'differ between two runs of the guest: colo-compare cannot '
+             'match them)'),
+            ('extra latency p50, replies with the guest clock', ndx50, {},
+             'same'),
             ('TCP throughput', thr_ratio, {10: '>= 50 %'},
              '%d MiB guest->client, %% of no MC' % (NET_BULK >> 20))):
         for i, d in enumerate(NET_DELAYS):
@@ -819,6 +842,10 @@ def main():
                     help='measure only the copy figures (bench/'
                     'copybench.py), then rewrite the report with them and '
                     'the raw data of the last run')
+    ap.add_argument('--net-only', action='store_true',
+                    help='measure only the network figures (bench/'
+                    'netbench.py, MC and both COLOs), then rewrite the '
+                    'report with them and the raw data of the last run')
     ap.add_argument('--disk-only', action='store_true',
                     help='measure only the disk figures (bench/'
                     'diskbench.py), then rewrite the report with them and '
@@ -834,7 +861,15 @@ def main():
         print(copybench.report(measure_copy()))
         if not os.path.exists(os.path.join(OUT, 'run.json')):
             return
-    if a.report or a.disk_only or a.copy_only:
+    if a.net_only:
+        net = {'net': [], 'net_failover': [], 'colo_net_rate': []}
+        for rep in range(REPEAT):
+            print('== repetition %d of %d' % (rep + 1, REPEAT), flush=True)
+            measure_net(rep, net)
+        for key, name, header in CSVS:
+            if key in net:
+                write_csv(name, header, net[key])
+    if a.report or a.disk_only or a.copy_only or a.net_only:
         rows = {k: load_csv(name) for k, name, _ in CSVS}
         with open(os.path.join(OUT, 'run.json')) as f:
             run = json.load(f)

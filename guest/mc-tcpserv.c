@@ -11,6 +11,10 @@
  *    never had finds a broken record;
  *  - answers each line "cli <n>\n" it receives with "echo <n>\n" (an echo
  *    for round-trip latency and loss checks on the client's side);
+ *  - answers "time <n>\n" with "echo <n> <clock>\n", the guest's clock in
+ *    nanoseconds: a reply that differs between two runs of the guest, as
+ *    real services' do (a Date header, a random ID), which a comparing
+ *    proxy such as COLO's cannot match;
  *  - answers "bulk <bytes>\n" with that many bytes of '.' and "\nbulk
  *    done\n" (a throughput test).
  *
@@ -118,6 +122,16 @@ static void serve(int fd, int interval)
                 *nl = 0;
                 if (sscanf(p, "cli %llu", &c) == 1) {
                     int len = snprintf(line, sizeof(line), "echo %llu\n", c);
+                    if (write_all(fd, line, len) < 0) {
+                        return;
+                    }
+                } else if (sscanf(p, "time %llu", &c) == 1) {
+                    struct timespec ts;
+                    int len;
+
+                    clock_gettime(CLOCK_MONOTONIC, &ts);
+                    len = snprintf(line, sizeof(line), "echo %llu %lld\n", c,
+                                   ts.tv_sec * 1000000000LL + ts.tv_nsec);
                     if (write_all(fd, line, len) < 0) {
                         return;
                     }

@@ -14,6 +14,7 @@ Run in the client's network namespace.  Modes:
             {"ev": "closed", "why": ..., "t": T}  reset or end of stream
             {"ev": "end", "unanswered": [K...]}   on SIGTERM
   rtt     send "cli K" one at a time and print the round-trip times
+          (--nondet: "time K", answered with the guest's clock)
           (seconds) as one JSON list on stdout.
   bulk    ask for --bytes bytes and print {"bytes": B, "seconds": S}.
 """
@@ -137,14 +138,17 @@ def rtt(args):
     sock = connect(args.host, args.port)
     f = sock.makefile('rb')
     times = []
+    # --nondet: replies carry the guest's clock (differ run to run)
+    ask = b'time %d\n' if args.nondet else b'cli %d\n'
     for k in range(1, args.count + 1):
         t0 = time.perf_counter()
-        sock.sendall(b'cli %d\n' % k)
+        sock.sendall(ask % k)
         while True:
             line = f.readline()
             if not line:
                 raise SystemExit('connection closed')
-            if line == b'echo %d\n' % k:
+            if line == b'echo %d\n' % k or (
+                    args.nondet and line.startswith(b'echo %d ' % k)):
                 break
         times.append(time.perf_counter() - t0)
         time.sleep(args.interval / 1000.0)
@@ -184,6 +188,9 @@ def main():
     ap.add_argument('--count', type=int, default=100)
     ap.add_argument('--bytes', type=int, default=8 << 20)
     ap.add_argument('--timeout', type=float, default=60)
+    ap.add_argument('--nondet', action='store_true',
+                    help='rtt: ask "time K", whose answer carries the '
+                    "guest's clock")
     args = ap.parse_args()
     {'stream': stream, 'rtt': rtt, 'bulk': bulk}[args.mode](args)
 
