@@ -334,8 +334,22 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
 
         qemu_mutex_lock(&mc->lock);
         if (!mc_primary_should_stop(mc, s) && now < due) {
-            qemu_cond_timedwait(&mc->cond, &mc->lock,
-                                MAX((MIN(due, next_poll) - now) / 1000, 1));
+            int64_t wait_us = MIN(due, next_poll) - now;
+
+            if (wait_us >= 1000) {
+                /* whole milliseconds, rounded down: the rest below */
+                qemu_cond_timedwait(&mc->cond, &mc->lock, wait_us / 1000);
+            } else {
+                /*
+                 * The condition variable waits whole milliseconds: at
+                 * mc-delay 1 every epoch would last 2.  Under a
+                 * millisecond, sleep without waking for ACKs (they are
+                 * not needed here) or a stop (noticed right after).
+                 */
+                qemu_mutex_unlock(&mc->lock);
+                g_usleep(wait_us);
+                qemu_mutex_lock(&mc->lock);
+            }
         }
         stop = mc_primary_should_stop(mc, s);
         qemu_mutex_unlock(&mc->lock);
