@@ -744,6 +744,10 @@ def report(rows, run):
                 'repetitions.\nRaw data: `docs/bench/*.csv`.\n\n' % (
                     run['date'], repeat, run['minutes'], run['guest'],
                     run['cpus']))
+        if run.get('net_only'):
+            f.write('The network rows (latency, throughput, network '
+                    'failover) were measured again with `bench/run.py '
+                    '--net-only` on %s.\n\n' % run['net_only'])
         f.write('| figure | MC | COLO | COLO, TCP_NODELAY | ratio (to the '
                 'better COLO) / target | method |\n'
                 '|---|---|---|---|---|---|\n')
@@ -873,6 +877,10 @@ def main():
         rows = {k: load_csv(name) for k, name, _ in CSVS}
         with open(os.path.join(OUT, 'run.json')) as f:
             run = json.load(f)
+        if a.net_only:
+            run['net_only'] = time.strftime('%Y-%m-%d %H:%M')
+            with open(os.path.join(OUT, 'run.json'), 'w') as f:
+                json.dump(run, f, indent=1)
     else:
         rows, run = measure()
     report(rows, run)
