@@ -339,7 +339,7 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
             if (wait_us >= 1000) {
                 /* whole milliseconds, rounded down: the rest below */
                 qemu_cond_timedwait(&mc->cond, &mc->lock, wait_us / 1000);
-            } else {
+            } else if (wait_us > 0) {     /* <= 0: a poll is due now */
                 /*
                  * The condition variable waits whole milliseconds: at
                  * mc-delay 1 every epoch would last 2.  Under a
