@@ -222,6 +222,18 @@ def colo_pauses(pair, rate, rep, rows):
             rows['colo_pause'].append((rep, rate, pages, us))
 
 
+def colo_rate(pair):
+    """Checkpoints per second COLO sends at 1 ms (with 0, no checkpoint
+    was sent at all in a 2 s window)."""
+    pair.primary.qmp.cmd('migrate-set-parameters',
+                         **{'x-checkpoint-delay': 1})
+    time.sleep(1)
+    n0, t0 = pair.checkpoints(), time.time()
+    time.sleep(MEASURE_S / 2)
+    n1, t1 = pair.checkpoints(), time.time()
+    return (n1 - n0) / (t1 - t0)
+
+
 def run_colo(rep, rows):
     """Upstream COLO on the same guest, checkpoint delay matched (100 ms):
     pause per checkpoint at each dirty rate, checkpoints per second at
@@ -243,14 +255,7 @@ def run_colo(rep, rows):
         colo_pauses(pair, 0, rep, rows)
         rows['colo_rss'].append((rep, rss_mib(pair.primary.proc.pid),
                                  rss_mib(pair.secondary.proc.pid)))
-        # 1 ms: with 0, no checkpoint was sent at all in a 2 s window
-        pair.primary.qmp.cmd('migrate-set-parameters',
-                             **{'x-checkpoint-delay': 1})
-        time.sleep(1)
-        n0, t0 = pair.checkpoints(), time.time()
-        time.sleep(MEASURE_S / 2)
-        n1, t1 = pair.checkpoints(), time.time()
-        rows['colo_rate0'].append((rep, (n1 - n0) / (t1 - t0)))
+        rows['colo_rate0'].append((rep, colo_rate(pair)))
         rows['colo_failover'].append((rep, pair.failover_ms()))
     finally:
         pair.close()
@@ -262,13 +267,7 @@ def run_colo(rep, rows):
         nd = {'colo_pause': []}
         colo_pauses(pair, 0, rep, nd)
         rows['colo_nd_pause'] += nd['colo_pause']
-        pair.primary.qmp.cmd('migrate-set-parameters',
-                             **{'x-checkpoint-delay': 1})
-        time.sleep(1)
-        n0, t0 = pair.checkpoints(), time.time()
-        time.sleep(MEASURE_S / 2)
-        n1, t1 = pair.checkpoints(), time.time()
-        rows['colo_nd_rate0'].append((rep, (n1 - n0) / (t1 - t0)))
+        rows['colo_nd_rate0'].append((rep, colo_rate(pair)))
     finally:
         pair.close()
     wd = workdir('bench-colo-slow')

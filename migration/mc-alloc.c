@@ -23,7 +23,6 @@
 
 #if defined(__GLIBC__) && !defined(QEMU_SANITIZE_ADDRESS) && \
     !defined(QEMU_SANITIZE_THREAD)
-#define MC_ALLOC_COUNT 1
 
 static __thread uint64_t *mc_alloc_counter;
 

@@ -14,6 +14,9 @@
 #include "ram.h"
 #include "mc.h"
 
+/* Dirty-log words read by mc_dirty_estimate(); migration thread only */
+static uint64_t mc_poll_words;
+
 /*
  * Pages the guest dirtied since the last checkpoint, counted without
  * taking them out of the dirty log: checkpoints sync the log only with
@@ -24,9 +27,6 @@
  * stores were missed; fixed in patches/migration-dirty-sync-tlb-reset.)
  * This reads the log, after fetching the accelerator's (KVM) into it.
  */
-/* Dirty-log words read by mc_dirty_estimate(); migration thread only */
-static uint64_t mc_poll_words;
-
 uint64_t mc_dirty_estimate(void)
 {
     DirtyMemoryBlocks *blocks;

@@ -24,7 +24,6 @@
 #include "options.h"
 #include "qemu-file.h"
 #include "mc-session.h"
-#include "mc-alloc.h"
 #include "trace.h"
 
 MCSession *mc_current;

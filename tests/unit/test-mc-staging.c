@@ -322,18 +322,20 @@ typedef struct DevState {
     DevQueue hooked[DEV_HOOKED];
 } DevState;
 
+static const VMStateField dev_queue_fields[] = {
+    VMSTATE_UINT16(num, DevQueue),
+    VMSTATE_UNUSED(1),
+    VMSTATE_BOOL(enabled, DevQueue),
+    VMSTATE_UINT32_ARRAY(desc, DevQueue, 2),
+    VMSTATE_UINT64(addr, DevQueue),
+    VMSTATE_END_OF_LIST()
+};
+
 static const VMStateDescription vmstate_dev_queue = {
     .name = "mc-test-queue",
     .version_id = 1,
     .minimum_version_id = 1,
-    .fields = (const VMStateField[]) {
-        VMSTATE_UINT16(num, DevQueue),
-        VMSTATE_UNUSED(1),
-        VMSTATE_BOOL(enabled, DevQueue),
-        VMSTATE_UINT32_ARRAY(desc, DevQueue, 2),
-        VMSTATE_UINT64(addr, DevQueue),
-        VMSTATE_END_OF_LIST()
-    },
+    .fields = dev_queue_fields,
 };
 
 static int dev_queue_pre_saves;
@@ -350,14 +352,7 @@ static const VMStateDescription vmstate_dev_queue_hooked = {
     .version_id = 1,
     .minimum_version_id = 1,
     .pre_save = dev_queue_pre_save,
-    .fields = (const VMStateField[]) {
-        VMSTATE_UINT16(num, DevQueue),
-        VMSTATE_UNUSED(1),
-        VMSTATE_BOOL(enabled, DevQueue),
-        VMSTATE_UINT32_ARRAY(desc, DevQueue, 2),
-        VMSTATE_UINT64(addr, DevQueue),
-        VMSTATE_END_OF_LIST()
-    },
+    .fields = dev_queue_fields,
 };
 
 static const VMStateDescription vmstate_dev = {
