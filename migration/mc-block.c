@@ -23,6 +23,14 @@
  * inside the pause; its data and its completion (the guest's RAM and
  * the device state) both belong to checkpoint N.
  *
+ * In a checkpoint the drain and the reads happen first, with the vCPUs
+ * stopped but before the output barrier (mc_block_drain, the "drain"
+ * hook): waiting for I/O runs the main loop's bottom halves, device
+ * emulation among them (a NIC's transmit), and what they do must still
+ * belong to epoch N.  The areas are read into a capture buffer, and the
+ * section written after the barrier only copies it out: from the
+ * barrier to the end of the device state nothing polls.
+ *
  * The standby writes through the disk's own BlockBackend: its guest
  * does not run before failover, so nothing else writes there.  Its
  * images are activated when the disk list arrives, which also takes
@@ -86,11 +94,33 @@ typedef struct MCBlockDisk {
     int64_t bulk_next;          /* primary: the bulk copy's position */
 } MCBlockDisk;
 
+/* An area read by mc_block_drain(), waiting for the section */
+typedef struct MCBlockArea {
+    uint8_t type;               /* MC_BLK_DATA or MC_BLK_ZERO */
+    int disk;
+    int64_t offset, bytes;
+    size_t at;                  /* DATA: where in MCBlockState.cap */
+} MCBlockArea;
+
 typedef struct MCBlockState {
     MCBlockDisk *disks;
     int ndisks;
     uint8_t *buf;               /* MC_BLK_CHUNK, allocated at setup */
     bool replied;               /* primary: the standby accepted */
+
+    /*
+     * Primary: one checkpoint's areas, read before its barrier.  Both
+     * buffers keep their size from one checkpoint to the next, so a
+     * steady state allocates nothing here.  BQL.
+     */
+    MCBlockArea *areas;
+    size_t nareas, areas_size;
+    uint8_t *cap;               /* block-aligned, the areas' data */
+    size_t cap_len, cap_size;
+    bool captured;              /* for the next save_complete */
+    int cap_ret;                /* a read failed: the checkpoint fails */
+    uint64_t cap_written;       /* bytes the areas stand for */
+    int64_t cap_us;             /* time mc_block_drain() took */
 
     /* Statistics, BQL */
     uint64_t initial_bytes;     /* sent before MC began */
@@ -181,6 +211,8 @@ static void mc_block_free(MCBlockState *st)
     }
     g_free(st->disks);
     qemu_vfree(st->buf);
+    g_free(st->areas);
+    qemu_vfree(st->cap);
     memset(st, 0, sizeof(*st));
 }
 
@@ -323,31 +355,84 @@ static int mc_block_wait_reply(QEMUFile *f, MCBlockState *st)
     return 0;
 }
 
-/* Send one area of disk @i: data, or a zero record if it reads as zero */
+/*
+ * Room for @bytes more of captured data, block-aligned for the read.
+ * Grows by doubling, so only a checkpoint larger than any before
+ * allocates.
+ */
+static uint8_t *mc_block_cap_reserve(MCBlockState *st, size_t bytes)
+{
+    if (st->cap_len + bytes > st->cap_size) {
+        size_t size = MAX(st->cap_size * 2, st->cap_len + bytes);
+        uint8_t *cap = qemu_blockalign(NULL, size);
+
+        memcpy(cap, st->cap, st->cap_len);
+        qemu_vfree(st->cap);
+        st->cap = cap;
+        st->cap_size = size;
+    }
+    if (st->nareas == st->areas_size) {
+        st->areas_size = MAX(st->areas_size * 2, 64);
+        st->areas = g_renew(MCBlockArea, st->areas, st->areas_size);
+    }
+    return st->cap + st->cap_len;
+}
+
+/*
+ * Send one area of disk @i: data, or a zero record if it reads as zero.
+ * With @f NULL the area goes into the capture buffer instead, for the
+ * checkpoint's section (mc_block_drain).
+ */
 static int mc_block_send_area(QEMUFile *f, MCBlockState *st, int i,
                               int64_t offset, int64_t bytes)
 {
     MCBlockDisk *d = &st->disks[i];
-    int ret = blk_pread(d->rd_blk, offset, bytes, st->buf, 0);
+    size_t room = ROUND_UP(bytes, MC_BLK_GRANULARITY);
+    uint8_t *buf = f ? st->buf : mc_block_cap_reserve(st, room);
+    int ret = blk_pread(d->rd_blk, offset, bytes, buf, 0);
+    bool zero;
 
     if (ret < 0) {
         error_report("MC: disk %s: read of %" PRId64 " bytes at %" PRId64
                      " failed: %s", d->name, bytes, offset, strerror(-ret));
         return ret;
     }
-    if (buffer_is_zero(st->buf, bytes)) {
-        qemu_put_byte(f, MC_BLK_ZERO);
-        qemu_put_be32(f, i);
-        qemu_put_be64(f, offset);
-        qemu_put_be32(f, bytes);
-    } else {
-        qemu_put_byte(f, MC_BLK_DATA);
-        qemu_put_be32(f, i);
-        qemu_put_be64(f, offset);
-        qemu_put_be32(f, bytes);
-        qemu_put_buffer(f, st->buf, bytes);
+    zero = buffer_is_zero(buf, bytes);
+    if (!f) {
+        st->areas[st->nareas++] = (MCBlockArea) {
+            .type = zero ? MC_BLK_ZERO : MC_BLK_DATA,
+            .disk = i, .offset = offset, .bytes = bytes, .at = st->cap_len,
+        };
+        /* block-aligned for the next read: lengths are, but at the end */
+        st->cap_len += zero ? 0 : room;
+        return 0;
+    }
+    qemu_put_byte(f, zero ? MC_BLK_ZERO : MC_BLK_DATA);
+    qemu_put_be32(f, i);
+    qemu_put_be64(f, offset);
+    qemu_put_be32(f, bytes);
+    if (!zero) {
+        qemu_put_buffer(f, buf, bytes);
     }
     return 0;
+}
+
+/* Write what mc_block_drain() captured: no I/O, nothing polled */
+static void mc_block_put_captured(QEMUFile *f, MCBlockState *st)
+{
+    size_t n;
+
+    for (n = 0; n < st->nareas; n++) {
+        MCBlockArea *a = &st->areas[n];
+
+        qemu_put_byte(f, a->type);
+        qemu_put_be32(f, a->disk);
+        qemu_put_be64(f, a->offset);
+        qemu_put_be32(f, a->bytes);
+        if (a->type == MC_BLK_DATA) {
+            qemu_put_buffer(f, st->cap + a->at, a->bytes);
+        }
+    }
 }
 
 /*
@@ -403,7 +488,7 @@ static int64_t mc_block_send_bulk(QEMUFile *f, MCBlockState *st,
             }
             d->bulk_next += len;
             sent += len;
-            if (migration_rate_exceeded(f)) {
+            if (f && migration_rate_exceeded(f)) {
                 return sent;
             }
         }
@@ -459,7 +544,8 @@ static int mc_block_save_iterate(QEMUFile *f, void *opaque)
 
 /*
  * What is still to send, with the VM stopped: at the end of precopy,
- * and inside every checkpoint.  BQL held.
+ * and inside every checkpoint, where mc_block_drain() has read it
+ * already.  BQL held.
  */
 static int mc_block_save_complete(QEMUFile *f, void *opaque)
 {
@@ -467,7 +553,25 @@ static int mc_block_save_complete(QEMUFile *f, void *opaque)
     int64_t start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     uint64_t areas = 0;
     int64_t bulk, sent;
-    bool checkpoint = migration_in_mc_state();
+
+    if (st->captured) {
+        st->captured = false;
+        if (st->cap_ret < 0) {
+            return st->cap_ret;
+        }
+        mc_block_put_captured(f, st);
+        qemu_put_byte(f, MC_BLK_END);
+        st->writes_last = st->nareas;
+        st->bytes_last = st->cap_written;
+        st->writes += st->nareas;
+        st->bytes += st->cap_written;
+        /* the drain and reads, and this copy */
+        st->pause_last_us = st->cap_us +
+                            qemu_clock_get_us(QEMU_CLOCK_REALTIME) - start;
+        trace_mc_block_checkpoint(true, st->nareas, st->cap_written,
+                                  st->pause_last_us);
+        return 0;
+    }
 
     /* Requests in flight finish now and are part of this checkpoint */
     bdrv_drain_all_begin();
@@ -478,17 +582,8 @@ static int mc_block_save_complete(QEMUFile *f, void *opaque)
         return sent;
     }
     qemu_put_byte(f, MC_BLK_END);
-
-    if (checkpoint) {
-        st->writes_last = areas;
-        st->bytes_last = sent;
-        st->writes += areas;
-        st->bytes += sent;
-        st->pause_last_us = qemu_clock_get_us(QEMU_CLOCK_REALTIME) - start;
-    } else {
-        st->initial_bytes += bulk + sent;
-    }
-    trace_mc_block_checkpoint(checkpoint, areas, bulk + sent,
+    st->initial_bytes += bulk + sent;
+    trace_mc_block_checkpoint(false, areas, bulk + sent,
                               qemu_clock_get_us(QEMU_CLOCK_REALTIME) - start);
     return 0;
 }
@@ -808,14 +903,33 @@ static void mc_block_fill_info(MCInfo *info, bool primary)
 }
 
 /*
- * The guest's block requests stay drained for the whole checkpoint
- * pause: those in flight complete now (data and completion both in
- * this checkpoint), and no iothread starts new ones while RAM and
- * device state are saved.
+ * Checkpoint, vCPUs stopped, before the output barrier: requests in
+ * flight complete now (data and completion both in this checkpoint),
+ * the block layer stays drained to the end of the pause (no iothread
+ * starts a request while RAM and device state are saved: a drained
+ * virtio-blk or virtio-scsi also stops taking requests from its rings),
+ * and the areas written in the epoch are read into the capture buffer.
+ * Everything that waits for I/O in a checkpoint is here: see the top of
+ * this file.
  */
-static void mc_block_checkpoint(uint64_t epoch)
+static void mc_block_drain(void)
 {
+    MCBlockState *st = &mc_block_out;
+    int64_t start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    uint64_t areas = 0;
+    int64_t bulk, sent;
+
     bdrv_drain_all_begin();
+    if (!mc_block_is_active(NULL)) {
+        return;
+    }
+    st->nareas = st->cap_len = 0;
+    bulk = mc_block_send_bulk(NULL, st, -1);
+    sent = bulk < 0 ? bulk : mc_block_send_dirty(NULL, st, -1, &areas);
+    st->cap_ret = sent < 0 ? sent : 0;
+    st->cap_written = sent < 0 ? 0 : bulk + sent;
+    st->captured = true;
+    st->cap_us = qemu_clock_get_us(QEMU_CLOCK_REALTIME) - start;
 }
 
 static void mc_block_resume(void)
@@ -826,7 +940,7 @@ static void mc_block_resume(void)
 /* Its data rides in the "mc-block" section, saved inside the pause */
 const MCParticipant mc_block_participant = {
     .name = "disk",
-    .checkpoint = mc_block_checkpoint,
+    .drain = mc_block_drain,
     .resume = mc_block_resume,
     .backlog = mc_block_dirty_bytes,
     .fill_info = mc_block_fill_info,

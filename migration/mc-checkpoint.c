@@ -17,12 +17,14 @@
 #include "qemu/main-loop.h"
 #include "qemu/rcu.h"
 #include "qapi/error.h"
+#include "qemu/error-report.h"
 #include "exec/cpu-common.h"
 #include "exec/target_page.h"
 #include "migration/global_state.h"
 #include "system/cpus.h"
 #include "system/cpu-timers.h"
 #include "system/runstate.h"
+#include "system/tcg.h"
 #include "migration.h"
 #include "migration-stats.h"
 #include "options.h"
@@ -58,18 +60,27 @@ static bool mc_in_guest_ram(const void *buf, size_t len)
     return qemu_ram_block_from_host((void *)buf, false, &offset) != NULL;
 }
 
-/* MC starts: defer page copies, start the copy threads. */
-void mc_checkpoint_copy_setup(MCSession *mc)
+static void mc_pause_canary(void *opaque)
+{
+    MCSession *mc = opaque;
+
+    mc->pause_canary_ran = true;
+}
+
+/* MC starts: defer page copies, start the copy threads, the canary. */
+void mc_checkpoint_setup(MCSession *mc)
 {
     mc_staging_set_defer(mc->staging, mc_in_guest_ram,
                          qemu_target_page_size());
     mc->copy_pool = mc_copy_pool_new(migrate_mc_copy_threads());
+    mc->pause_canary = qemu_bh_new(mc_pause_canary, mc);
 }
 
-void mc_checkpoint_copy_end(MCSession *mc)
+void mc_checkpoint_end(MCSession *mc)
 {
     mc_copy_pool_free(mc->copy_pool);
     mc->copy_pool = NULL;
+    g_clear_pointer(&mc->pause_canary, qemu_bh_delete);
 }
 
 /*
@@ -87,19 +98,30 @@ static void mc_checkpoint_copy_threads(MCSession *mc)
 }
 
 /*
- * The light pause: vm_stop() without its STOP event and its block flush.
- * Management sees nothing per checkpoint: no event, and a run state
- * (finish-migrate) that only exists while the BQL is held, but for the
- * moments the vCPUs need to stop.  The devices' state-change handlers
- * still run: they are what stops device emulation that runs in the main
- * loop, and the main loop does run inside the pause, in every aio_poll()
- * (block reads, the drain) and wherever the BQL is dropped (the TCG
- * dirty-log sync waits for the vCPUs).  Without them virtio-net's
- * transmit bottom half consumed descriptors after the output barrier:
- * checkpoint N had the descriptor consumed and the packet was tagged
- * N + 1, so a failover at N lost it (TCP stalls of seconds).  The block
- * layer stays drained for the pause (disk participant); the virtual
- * clock stops with the vCPUs, so saved timers match the saved clock.
+ * Whether the light pause tells the VM state-change handlers.  Under
+ * TCG it does not: with the vCPUs stopped and the BQL held from the
+ * output barrier to the end of the pause, and nothing polling the main
+ * loop there (participants wait for I/O in their drain hook, before
+ * the barrier), no device emulation can run, so there is nothing for
+ * the handlers to stop.  Under KVM they also keep kvmclock and each
+ * vCPU's TSC in step with a stop (the clock is sampled at the stop and
+ * set back at the start; a saved TSC stays valid until a start): to
+ * do without them MC would have to do that itself, and this project
+ * cannot run KVM guests to test it, so under KVM they still run.
+ */
+static bool mc_pause_notifies(void)
+{
+    return !tcg_enabled();
+}
+
+/*
+ * The light pause: the vCPUs stop, the virtual clock stops with them
+ * (saved timers match the saved clock), nothing else.  No run-state
+ * change anyone sees: the run state is finish-migrate only while the
+ * BQL is held (device save code checks the VM is not running), and no
+ * event is sent.  No block flush, and (TCG) no VM state-change
+ * handlers: see mc_pause_notifies().  The block layer is drained by
+ * the disk participant.
  */
 static bool mc_guest_pause(void)
 {
@@ -117,7 +139,9 @@ static bool mc_guest_pause(void)
         return false;
     }
     runstate_set(RUN_STATE_FINISH_MIGRATE);
-    vm_state_notify(false, RUN_STATE_FINISH_MIGRATE);
+    if (mc_pause_notifies()) {
+        vm_state_notify(false, RUN_STATE_FINISH_MIGRATE);
+    }
     return true;
 }
 
@@ -130,7 +154,9 @@ static void mc_guest_resume(bool hold_vcpus)
 {
     cpu_enable_ticks();
     runstate_set(RUN_STATE_RUNNING);
-    vm_state_notify(true, RUN_STATE_RUNNING);
+    if (mc_pause_notifies()) {
+        vm_state_notify(true, RUN_STATE_RUNNING);
+    }
     if (!hold_vcpus) {
         resume_all_vcpus();
     }
@@ -270,7 +296,7 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     size_t devices_at, copy_bytes;
     unsigned threads;
     int64_t copy_start, copy_us;
-    bool running;
+    bool running, polled;
     uint64_t pages = stat64_get(&mig_stats.normal_pages) +
                      stat64_get(&mig_stats.zero_pages);
     int64_t start = mc_now_us(), pause, paused_at, saved_at, devices_at_us;
@@ -284,8 +310,17 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     global_state_store();
     mc_participants_pause();
     running = mc_guest_pause();
-    /* What the guest does from now on belongs to the next checkpoint */
+    /* Disks: in-flight requests complete, written areas are read back */
+    mc_participants_drain();
+    /*
+     * What the guest does from now on belongs to the next checkpoint.
+     * Nothing from here to the end of the device state may poll the
+     * main loop: a bottom half run there (a NIC's transmit) would put
+     * output of this checkpoint's state into the next epoch.
+     */
     mc_participants_checkpoint(epoch);
+    mc->pause_canary_ran = false;
+    qemu_bh_schedule_idle(mc->pause_canary);
     paused_at = mc_now_us();
 
     mc_staging_rewind_at(mc->staging, base, limit);
@@ -310,6 +345,13 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     if (!ret) {
         ret = qemu_file_get_error(mc->sfile);
     }
+    qemu_bh_cancel(mc->pause_canary);
+    polled = mc->pause_canary_ran;
+    if (polled) {
+        warn_report_once("MC: checkpoint %" PRIu64 " polled the main loop "
+                         "inside its pause, after its output barrier: "
+                         "device emulation may have run there", epoch);
+    }
     mc_participants_resume();
     mc->vcpus_held = running && mc->throttle_pct && !ret;
     mc->pause_start_us = start;
@@ -326,6 +368,7 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     mc->stats.allocations += allocs;
     mc->stats.allocations_last = allocs;
     mc->stats.bitmap_words_last = words;
+    mc->stats.pause_polls += polled;
     mc->stats.checkpoints++;
     mc->stats.throttled_checkpoints += mc->throttle_pct > 0;
     mc->stats.pause_last_us = pause;

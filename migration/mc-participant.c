@@ -90,6 +90,18 @@ void mc_participants_pause(void)
     }
 }
 
+void mc_participants_drain(void)
+{
+    const MCParticipant *p;
+    size_t i;
+
+    MC_FOR_EACH(p, i) {
+        if (p->drain) {
+            p->drain();
+        }
+    }
+}
+
 void mc_participants_checkpoint(uint64_t epoch)
 {
     const MCParticipant *p;

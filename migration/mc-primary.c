@@ -624,7 +624,7 @@ void mc_primary_run(MigrationState *s)
         mc->stats.throttle_percentage = pct;
         mc->stats.throttle_max_percentage = pct;
         mc_staging_set_room_fn(mc->staging, mc_primary_make_room, mc);
-        mc_checkpoint_copy_setup(mc);
+        mc_checkpoint_setup(mc);
         mc_transport_setup(mc->transport);
         qemu_thread_create(&mc->rx_thread, "mc-rx", mc_primary_rx_thread,
                            mc, QEMU_THREAD_JOINABLE);
@@ -807,7 +807,7 @@ void mc_primary_run(MigrationState *s)
                                     mc->stats.last_acked_epoch);
     }
     trace_mc_primary_end(epoch, MigrationStatus_str(end_state));
-    mc_checkpoint_copy_end(mc);
+    mc_checkpoint_end(mc);
     error_free(err);
     mc_session_free(mc);
 }

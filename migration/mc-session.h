@@ -113,6 +113,13 @@ typedef struct MCSession {
     unsigned throttle_calm;     /* checkpoints in a row that found room */
     bool vcpus_held;            /* the last pause left the vCPUs stopped */
     MCCopyPool *copy_pool;      /* mc-copy-threads threads (mc-copy.h) */
+    /*
+     * Scheduled (idle: no wakeup) at the output barrier, cancelled at
+     * the end of the pause: if it ran, the main loop was polled in
+     * between (mc_checkpoint_take).  Migration thread, BQL.
+     */
+    QEMUBH *pause_canary;
+    bool pause_canary_ran;
 } MCSession;
 
 /* The running session, or NULL.  Set and cleared with the BQL held. */
@@ -156,8 +163,8 @@ bool mc_primary_should_stop(MCSession *mc, MigrationState *s);
 /* mc-checkpoint.c: taking one checkpoint (primary, migration thread) */
 int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
                        size_t limit, Error **errp);
-void mc_checkpoint_copy_setup(MCSession *mc);
-void mc_checkpoint_copy_end(MCSession *mc);
+void mc_checkpoint_setup(MCSession *mc);
+void mc_checkpoint_end(MCSession *mc);
 bool mc_primary_make_room(MCStaging *st, size_t len, void *opaque);
 void mc_primary_throttle(MCSession *mc, size_t bytes);
 void mc_primary_throttle_hold(MCSession *mc, MigrationState *s,

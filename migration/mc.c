@@ -390,6 +390,10 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
     }
     monitor_printf(mon, "dirty-bitmap words read, last checkpoint: %" PRIu64
                    "\n", m->bitmap_words_last);
+    if (m->pause_polls) {
+        monitor_printf(mon, "checkpoints that polled the main loop after "
+                       "their barrier: %" PRIu64 "\n", m->pause_polls);
+    }
     g_free(m);
 }
 

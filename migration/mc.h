@@ -86,7 +86,8 @@ void mc_fill_info(MigrationInfo *info);
  * A participant that carries data in the checkpoint does so as an
  * iterable migration section (register_savevm_live): its
  * save_live_complete_precopy runs inside the pause, between @checkpoint
- * and @resume.
+ * and @resume, and must not poll the main loop there (@drain is where
+ * waiting for I/O belongs, see mc_checkpoint_take()).
  */
 typedef struct MCParticipant {
     const char *name;
@@ -94,7 +95,17 @@ typedef struct MCParticipant {
     bool (*start)(Error **errp);
     /* Primary, BQL: the VM is about to pause for a checkpoint */
     void (*pause)(void);
-    /* Primary, BQL, VM paused: epoch @epoch ends here */
+    /*
+     * Primary, BQL, vCPUs stopped, before @checkpoint: finish what is in
+     * flight and read what the checkpoint will carry.  The only hook
+     * that may wait for I/O (poll the main loop): whatever that runs
+     * still belongs to the epoch that ends at @checkpoint.
+     */
+    void (*drain)(void);
+    /*
+     * Primary, BQL, VM paused: epoch @epoch ends here.  From here to
+     * @resume nothing may run device emulation (no main-loop polling).
+     */
     void (*checkpoint)(uint64_t epoch);
     /* Primary, BQL: the checkpoint is taken, the VM runs again */
     void (*resume)(void);
@@ -115,6 +126,7 @@ typedef struct MCParticipant {
 /* mc-participant.c: call every participant's hook */
 bool mc_participants_start(Error **errp);
 void mc_participants_pause(void);
+void mc_participants_drain(void);
 void mc_participants_checkpoint(uint64_t epoch);
 void mc_participants_resume(void);
 void mc_participants_commit(uint64_t epoch);

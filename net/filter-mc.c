@@ -19,6 +19,7 @@
 
 #include "qemu/osdep.h"
 #include "qemu/units.h"
+#include "qemu/error-report.h"
 #include "qemu/iov.h"
 #include "qemu/main-loop.h"
 #include "qemu/timer.h"
@@ -64,6 +65,8 @@ static struct {
     bool holding;               /* MC runs on this side: hold output */
     bool releasing;             /* in mc_net_release_all() */
     bool checkpoint_pause;      /* the VM is paused for a checkpoint */
+    bool sealed;                /* and its barrier has passed */
+    bool release_blocked;       /* release waits for the VM to run */
     uint64_t epoch;             /* what the guest sends now belongs to */
     uint64_t acked;             /* atomic: last acknowledged checkpoint */
     unsigned auto_count;
@@ -150,9 +153,13 @@ static void mc_net_release_all(void)
     mc_net.releasing = false;
 
     if (blocked && runstate_is_running()) {
-        /* a stopped VM is taken care of by mc_net_vm_state() */
         timer_mod(mc_net.retry, mc_net_now_us() + MC_NET_RETRY_US);
     }
+    /*
+     * A stopped VM is taken care of by mc_net_vm_state(); one paused
+     * for a checkpoint (no state-change handlers) by its end.
+     */
+    mc_net.release_blocked = blocked && !runstate_is_running();
     if (!mc_net.holding) {
         QTAILQ_FOREACH_SAFE(s, &mc_net_filters, link, tmp) {
             if (s->automatic && QSIMPLEQ_EMPTY(&s->packets)) {
@@ -176,6 +183,23 @@ static void mc_net_vm_state(void *opaque, bool running, RunState state)
 {
     if (running && mc_net.bh) {
         qemu_bh_schedule(mc_net.bh);
+    }
+}
+
+/*
+ * Guest output between a checkpoint's barrier and the end of its pause
+ * is a bug: the state saved in the checkpoint includes the sending, the
+ * packet belongs to the next epoch, and a failover to this checkpoint
+ * loses it.  Only device emulation run inside the pause (a bottom half
+ * polled there) can send then.  Traced (mc_net_hold's "sealed") and
+ * said once.
+ */
+static void mc_net_check_sealed(const char *netdev)
+{
+    if (mc_net.sealed) {
+        warn_report_once("MC: NIC of netdev '%s' sent inside a checkpoint "
+                         "pause, after its barrier: that output is lost "
+                         "on a failover to this checkpoint", netdev);
     }
 }
 
@@ -216,7 +240,9 @@ static ssize_t filter_mc_receive_iov(NetFilterState *nf,
     s->held_packets++;
     s->held_bytes += size;
     mc_net.held_high_water = MAX(mc_net.held_high_water, s->held_bytes);
-    trace_mc_net_hold(nf->netdev_id, p->epoch, size, throttle);
+    trace_mc_net_hold(nf->netdev_id, p->epoch, size, throttle,
+                      mc_net.sealed);
+    mc_net_check_sealed(nf->netdev_id);
 
     if (!mc_net.holding) {
         mc_net_release_all();
@@ -375,6 +401,13 @@ bool mc_net_start(bool auto_attach, Error **errp)
 void mc_net_set_checkpoint_pause(bool on)
 {
     mc_net.checkpoint_pause = on;
+    if (!on) {
+        mc_net.sealed = false;
+        if (mc_net.release_blocked && mc_net.bh) {
+            /* the release BH tried while the pause had the VM stopped */
+            qemu_bh_schedule(mc_net.bh);
+        }
+    }
 }
 
 bool mc_net_checkpoint_pause(void)
@@ -412,6 +445,7 @@ void mc_net_checkpoint(uint64_t epoch)
         }
     }
     mc_net.epoch = epoch + 1;
+    mc_net.sealed = mc_net.checkpoint_pause;
     trace_mc_net_barrier(epoch);
 }
 

@@ -43,12 +43,15 @@ bool mc_net_start(bool auto_attach, Error **errp);
 void mc_net_checkpoint(uint64_t epoch);
 
 /*
- * The VM is paused for a checkpoint (@on) or resumed.  Meanwhile the
- * net layer keeps queued packets instead of purging them as it does
- * on an ordinary stop: a packet that arrives as the VM pauses would
+ * The VM is paused for a checkpoint (@on) or resumed.  Where the pause
+ * runs the VM state-change handlers (KVM, see mc-checkpoint.c), the net
+ * layer meanwhile keeps queued packets instead of purging them as it
+ * does on an ordinary stop: a packet that arrives as the VM pauses would
  * otherwise be dropped, and at hundreds of pauses a second TCP peers
  * would stall in retransmission timeouts.  Such packets are not part
- * of the checkpoint; they reach the guest after the pause.
+ * of the checkpoint; they reach the guest after the pause.  Output the
+ * guest sends after the barrier (mc_net_checkpoint) and before the
+ * resume is a bug of the pause, and is reported.
  */
 void mc_net_set_checkpoint_pause(bool on);
 bool mc_net_checkpoint_pause(void);

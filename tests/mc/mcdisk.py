@@ -25,7 +25,8 @@ MOUNT = '/mnt'
 DISK_ID = 'disk0'
 # what query-migrate's mc object tells about disks
 DISK_STATS = ('disk-count', 'disk-writes', 'disk-bytes', 'disk-writes-last',
-              'disk-bytes-last', 'disk-backlog-bytes', 'disk-initial-bytes')
+              'disk-bytes-last', 'disk-backlog-bytes', 'disk-initial-bytes',
+              'pause-polls')
 
 
 def run(*cmd):
@@ -156,11 +157,12 @@ class Disk:
 class DiskPair(Pair):
     """A Pair whose guest mounts @primary_disk at /mnt (and runs the
     writer if @writer); the standby gets @standby_disk (None: no disk).
+    @app: more guest options (see Pair).
     @topo None: no network (see Pair), for tests that need no client."""
 
     def __init__(self, topo, wd, primary_disk, standby_disk, writer=True,
-                 writer_ms=5, **kw):
-        app = 'mc.disk=%s mc.diskdev=%s' % (MOUNT, primary_disk.guest_dev)
+                 writer_ms=5, app='', **kw):
+        app += ' mc.disk=%s mc.diskdev=%s' % (MOUNT, primary_disk.guest_dev)
         if writer:
             app += ' mc.diskwriter=%d,%d' % (WRITER_PORT, writer_ms)
         role_args = {'primary': primary_disk.args(),

@@ -77,6 +77,10 @@ def kill_run(name, fmt='raw', style='drive', bus='blk', delay=100,
                 stats0.get('disk-writes', 0):
             problems.append('disk-writes did not grow: %s -> %s' % (
                 stats0.get('disk-writes'), stats.get('disk-writes')))
+        if stats.get('pause-polls'):
+            # disk reads after the output barrier (mc-block.c)
+            problems.append('%d checkpoints polled the main loop after '
+                            'their barrier' % stats['pause-polls'])
         t_kill = time.time()
         pair.primary.kill(signal.SIGKILL)
         ev = pair.standby.qmp.wait_event('MC_FAILOVER', timeout=30)

@@ -21,10 +21,16 @@ standby resumed from (MC_FAILOVER's epoch); the trace is flushed line by
 line, so it is complete up to the kill.  A gap may be at most that many
 datagrams; with none in that window, any gap is a bug.
 
+A datagram the guest sends inside a checkpoint pause after the barrier
+is the same bug before any kill: the primary's trace marks such a hold
+"sealed 1", and no run may have one.
+
 test_udp_failover kills the primary at a random moment at mc-delay 100,
-10 and 0; test_udp_has_teeth runs the same check with mc-net-disable
-(no output commit) and expects repeats.  MC_UDP_KILLS=N runs N kills per
-delay (3 delays; default 1).
+10 and 0; test_udp_failover_with_disk does it with a disk being written
+as well, where the checkpoint waits for disk reads (inside the pause,
+which must stay before the barrier); test_udp_has_teeth runs the same
+check with mc-net-disable (no output commit) and expects repeats.
+MC_UDP_KILLS=N runs N kills per delay (3 delays; default 1).
 """
 
 import os
@@ -34,6 +40,8 @@ import shutil
 import signal
 import time
 
+from mcdisk import (Disk, DiskClient, DiskPair, make_empty_image,
+                    make_fs_image, need_tools)
 from mcnet import CLIENT_IP, EventLog, Topology, Pair
 from mcvm import workdir
 
@@ -78,8 +86,10 @@ def analyse(seqs):
 
 def unreleased(trace, resumed):
     """Packets the primary held for epochs it never released, up to and
-    including checkpoint @resumed (the standby's), per its trace."""
-    released, held = 0, []
+    including checkpoint @resumed (the standby's), per its trace; the
+    last epoch released; and how many packets were held "sealed" (sent
+    inside a pause, after its barrier)."""
+    released, held, sealed = 0, [], 0
     with open(trace) as f:
         for line in f:
             m = re.search(r'mc_net_release netdev \S+ up to checkpoint (\d+)',
@@ -87,32 +97,50 @@ def unreleased(trace, resumed):
             if m:
                 released = max(released, int(m.group(1)))
                 continue
-            m = re.search(r'mc_net_hold netdev \S+ epoch (\d+)', line)
+            m = re.search(r'mc_net_hold netdev \S+ epoch (\d+).* sealed (\d)',
+                          line)
             if m:
                 held.append(int(m.group(1)))
-    return sum(1 for e in held if released < e <= resumed), released
+                sealed += int(m.group(2))
+    return sum(1 for e in held if released < e <= resumed), released, sealed
 
 
-def kill_run(name, delay, net=True, settle=2.0):
+def kill_run(name, delay, net=True, settle=2.0, disk=False,
+             interval_us=INTERVAL_US):
     """One pair: MC on, datagrams flowing, kill -9 the primary at a random
-    moment, let the standby send for @settle s.  Returns (seqs, n at the
-    kill, ms from the kill to MC_FAILOVER, packets of the release window
-    (see above), the standby's epoch, the last epoch released)."""
+    moment, let the standby send for @settle s.  With @disk the guest
+    also appends records to a disk for a client (mc-diskwriter).
+    Returns (seqs, n at the kill, ms from the kill to MC_FAILOVER,
+    packets of the release window (see above), the standby's epoch, the
+    last epoch released, packets held sealed plus checkpoints that
+    polled the main loop after their barrier (pause-polls))."""
     wd = workdir(name)
     events = os.path.join(wd, 'events')
     trace = os.path.join(wd, 'primary.trace')
     with open(events, 'w') as f:
         f.write('mc_net_hold\nmc_net_release\n')
     topo = Topology()
-    pair = rx = None
+    pair = rx = client = None
+    app = 'mc.udpseq=%s,%d,%d' % (CLIENT_IP, PORT, interval_us)
     try:
         rx = Receiver(topo, os.path.join(wd, 'udp.log'))
-        pair = Pair(topo, wd, delay=delay, net=net, trace=(events, trace),
-                    app='mc.udpseq=%s,%d,%d' % (CLIENT_IP, PORT, INTERVAL_US))
+        if disk:
+            need_tools()
+            p_img = make_fs_image(os.path.join(wd, 'primary.img'), 'raw')
+            s_img = make_empty_image(os.path.join(wd, 'standby.img'), 'raw')
+            pair = DiskPair(topo, wd, Disk(p_img), Disk(s_img), delay=delay,
+                            net=net, trace=(events, trace), app=app)
+        else:
+            pair = Pair(topo, wd, delay=delay, net=net,
+                        trace=(events, trace), app=app)
         pair.start_mc()
+        if disk:
+            client = DiskClient(topo, os.path.join(wd, 'client'))
+            client.wait(lambda evs: len(client.oks(evs)) >= 20)
         rx.wait(lambda s: len(s) >= 300)
         # somewhere in an epoch (and, at mc-delay 0, in a send or apply)
         time.sleep(random.uniform(0, max(delay, 20) / 1000.0 * 2))
+        polls = pair.mc().get('pause-polls')
         n_kill = max(rx.seqs())
         t_kill = time.time()
         pair.primary.kill(signal.SIGKILL)
@@ -121,12 +149,16 @@ def kill_run(name, delay, net=True, settle=2.0):
         assert ev['data']['role'] == 'standby', ev
         # the standby's guest goes on sending
         rx.wait(lambda s: max(s) >= n_kill + settle * 1000 * 1000 /
-                INTERVAL_US / 4)
+                interval_us / 4)
         time.sleep(0.2)
-        window, released = unreleased(trace, ev['data']['epoch'])
+        window, released, sealed = unreleased(trace, ev['data']['epoch'])
+        # a poll after the barrier is the bug a sealed packet shows, seen
+        # whether or not the NIC had something to send then
         return (rx.stop(), n_kill, ms, window, ev['data']['epoch'],
-                released)
+                released, sealed + polls)
     finally:
+        if client:
+            client.stop()
         if rx:
             rx.stop()
         if pair:
@@ -135,26 +167,44 @@ def kill_run(name, delay, net=True, settle=2.0):
         shutil.rmtree(wd, ignore_errors=True)
 
 
+def check_kills(name, delays, **kw):
+    """kill_run at each of @delays, KILLS times; what went wrong."""
+    bad = []
+    for delay in delays:
+        for i in range(KILLS):
+            seqs, n_kill, ms, window, resumed, released, sealed = kill_run(
+                '%s%d' % (name, delay), delay, **kw)
+            gaps, repeats = analyse(seqs)
+            print('mc-delay %d%s: %d datagrams, killed near %d, failover '
+                  '%.0f ms, standby at checkpoint %d, last released %d, %d '
+                  'packets unreleased, %d sealed or polled; gaps %d %s, '
+                  'repeats %d %s'
+                  % (delay, ' (disk written)' if kw.get('disk') else '',
+                     len(seqs),
+                     n_kill, ms, resumed, released, window, sealed,
+                     len(gaps), gaps[:5], len(repeats), repeats[:5]))
+            contiguous = not gaps or gaps[-1] - gaps[0] + 1 == len(gaps)
+            if len(gaps) > window or not contiguous or repeats or sealed:
+                bad.append((delay, i, window, sealed, gaps[:10],
+                            repeats[:10]))
+    return bad
+
+
 def test_udp_failover():
     """kill -9 the primary: no datagram arrives twice, and none is
     missing but for the primary's unreleased output of checkpoints the
     standby resumed from (one run, at most that many), at mc-delay 100,
-    10 and 0."""
-    bad = []
-    for delay in (100, 10, 0):
-        for i in range(KILLS):
-            seqs, n_kill, ms, window, resumed, released = kill_run(
-                'udp%d' % delay, delay)
-            gaps, repeats = analyse(seqs)
-            print('mc-delay %d: %d datagrams, killed near %d, failover %.0f '
-                  'ms, standby at checkpoint %d, last released %d, %d '
-                  'packets unreleased; gaps %d %s, repeats %d %s' % (
-                      delay, len(seqs), n_kill, ms, resumed, released,
-                      window, len(gaps), gaps[:5], len(repeats),
-                      repeats[:5]))
-            contiguous = not gaps or gaps[-1] - gaps[0] + 1 == len(gaps)
-            if len(gaps) > window or not contiguous or repeats:
-                bad.append((delay, i, window, gaps[:10], repeats[:10]))
+    10 and 0; no datagram was sent inside a pause after its barrier."""
+    bad = check_kills('udp', (100, 10, 0))
+    assert not bad, bad
+
+
+def test_udp_failover_with_disk():
+    """The same with a disk written all along (a record and an fsync
+    every 5 ms): each checkpoint then waits for disk reads, which run
+    the main loop's bottom halves, the NIC's transmit among them."""
+    bad = check_kills('udpdisk', (10, 0), disk=True,
+                      interval_us=int(os.environ.get('MC_UDP_DISK_US', 1000)))
     assert not bad, bad
 
 
@@ -163,7 +213,7 @@ def test_udp_has_teeth():
     of epochs the standby never got, which the standby then sends again:
     repeats.  (mc-delay 500: the kill almost never lands in an epoch's
     first milliseconds, before it sent anything.)"""
-    seqs, n_kill, ms, _, _, _ = kill_run('udpteeth', 500, net=False)
+    seqs, n_kill, ms, _, _, _, _ = kill_run('udpteeth', 500, net=False)
     gaps, repeats = analyse(seqs)
     print('without output commit: %d datagrams, %d gaps, %d repeats %s' % (
         len(seqs), len(gaps), len(repeats), repeats[:5]))
