@@ -110,9 +110,12 @@ def failover_seen(topo, wd, label, kill):
             'problems': len(bad)}
 
 
-def run(rtt_count=200, bulk_bytes=BULK_BYTES, delays=DELAYS, failover=False):
+def run(rtt_count=200, bulk_bytes=BULK_BYTES, delays=DELAYS, failover=False,
+        link=None):
+    """MC's figures; @link: the standby behind a link of that speed
+    (mcnet.Topology)."""
     wd = workdir('netbench')
-    topo = Topology()
+    topo = Topology(link=link)
     pair = None
     rows = []
     try:

@@ -12,8 +12,10 @@ without a NIC for the pause, rate, slowdown and memory figures; with its
 colo-compare network proxy for the network and failover-seen-by-a-client
 figures; with its block replication for the disk figures, bench/
 diskbench.py) and a plain precopy migration of the same guest.
---disk-only measures the disk figures alone and rewrites the report with
-them and the other figures of the last run.
+Over links shaped to 10 and 1 Gbit/s (the standby in its own namespace):
+bench/linkbench.py.  --disk-only, --net-only, --copy-only and --link-only
+measure one group of figures alone and rewrite the report with them and
+the other figures of the last run.
 """
 
 import argparse
@@ -36,6 +38,7 @@ from colo import ColoPair  # noqa: E402
 import netbench  # noqa: E402
 import diskbench  # noqa: E402
 import copybench  # noqa: E402
+import linkbench  # noqa: E402
 
 REPEAT = int(os.environ.get('MC_BENCH_REPEAT', '3'))
 MEM = '512M'
@@ -110,7 +113,7 @@ PHASES = ('stop', 'harvest', 'save', 'copy', 'devices', 'resume')
 
 def phases(trace, first, last):
     """Where each pause of checkpoints first..last went (us): stopping
-    (vCPUs, handlers, participants), the dirty-log harvest (ram.c's
+    (vCPUs, participants' drain), the dirty-log harvest (ram.c's
     sync), the rest of the RAM and disk sections, the deferred page
     copy, device state, resuming (mc_checkpoint_phases, traced after the
     pause: it does not lengthen it)."""
@@ -374,6 +377,8 @@ CSVS = [
      'rep,config,per_s'),
     ('disk', 'disk.csv', diskbench.CSV_HEADER),
     ('copy', 'copy.csv', copybench.CSV_HEADER),
+    ('link', 'link.csv', linkbench.CSV_HEADER),
+    ('link_net', 'link-net.csv', linkbench.NET_CSV_HEADER),
 ]
 
 
@@ -386,6 +391,7 @@ def load_csv(name):
                 pass
         return x
     if (name in ('disk.csv', 'copy.csv', 'pause-phases.csv', 'cpu.csv',
+                 'link.csv', 'link-net.csv',
                  'colo-nodelay-pause.csv',
                  'colo-nodelay-checkpoints-per-second.csv') and
             not os.path.exists(os.path.join(OUT, name))):
@@ -447,6 +453,8 @@ def measure():
         diskbench.run(rep, rows['disk'])
     print('-- copy cost', flush=True)
     copybench.run_all(rows['copy'])
+    print('-- over shaped links', flush=True)
+    linkbench.run_all(rows['link'], rows['link_net'])
     for key, name, header in CSVS:
         write_csv(name, header, rows[key])
     diskbench.write_run_info(started)
@@ -516,10 +524,11 @@ def phase_section(rows):
     out = ('\nWhere the MC pause goes (us, median of each phase over all '
            'checkpoints of the pause runs above, from the '
            'mc_checkpoint_phases trace event): stop = vCPUs stopped, '
-           'state-change handlers, disk drain; harvest = dirty-log sync; '
+           'disk drain and read-back (no state-change handlers under TCG); '
+           'harvest = dirty-log sync; '
            'save = finding the dirty pages and writing the RAM and disk '
            'sections; copy = the deferred page copy; devices = device '
-           'state; resume = handlers and vCPUs back on. Medians do not add '
+           'state; resume = vCPUs back on. Medians do not add '
            'up to the pause median.\n\n| pages/s | n | ' +
            ' | '.join(PHASES) + ' |\n|---|---|' + '---|' * len(PHASES) +
            '\n')
@@ -781,6 +790,7 @@ def report(rows, run):
         f.write(cpu_section(rows['cpu']))
         f.write(disk_section(rows['disk']))
         f.write(copybench.section(rows['copy']))
+        f.write(linkbench.section(rows['link'], rows['link_net']))
         f.write('\n![pause against dirty pages](bench/pause.png)\n'
                 '![round-trip time](bench/latency.png)\n')
         f.write('\nCOLO runs with patches/colo-hold-bql-for-ram-save.patch '
@@ -849,6 +859,10 @@ def main():
                     help='measure only the network figures (bench/'
                     'netbench.py, MC and both COLOs), then rewrite the '
                     'report with them and the raw data of the last run')
+    ap.add_argument('--link-only', action='store_true',
+                    help='measure only the figures over shaped links '
+                    '(bench/linkbench.py), then rewrite the report with '
+                    'them and the raw data of the last run')
     ap.add_argument('--disk-only', action='store_true',
                     help='measure only the disk figures (bench/'
                     'diskbench.py), then rewrite the report with them and '
@@ -858,6 +872,13 @@ def main():
     if a.disk_only:
         disk = measure_disk()
         print(diskbench.table(disk))
+        if not os.path.exists(os.path.join(OUT, 'run.json')):
+            return
+    if a.link_only:
+        link, link_net = [], []
+        linkbench.run_all(link, link_net)
+        linkbench.write(link, link_net)
+        print(linkbench.report(link, link_net))
         if not os.path.exists(os.path.join(OUT, 'run.json')):
             return
     if a.copy_only:
@@ -872,7 +893,7 @@ def main():
         for key, name, header in CSVS:
             if key in net:
                 write_csv(name, header, net[key])
-    if a.report or a.disk_only or a.copy_only or a.net_only:
+    if a.report or a.disk_only or a.copy_only or a.net_only or a.link_only:
         rows = {k: load_csv(name) for k, name, _ in CSVS}
         with open(os.path.join(OUT, 'run.json')) as f:
             run = json.load(f)

@@ -42,16 +42,28 @@ def nodelay_args(nodelay):
 
 
 class ColoPair:
-    def __init__(self, wd, delay_ms=100, mem='256M', app='', nodelay=False):
+    """A COLO pair without NIC.  @topo (an mcnet.Topology made with a
+    link): the primary in its hypervisor namespace, the secondary in its
+    standby namespace, the migration channel over the shaped link."""
+
+    def __init__(self, wd, delay_ms=100, mem='256M', app='', nodelay=False,
+                 topo=None):
         self.port = free_port()
+        self.host = topo.mig_host() if topo else '127.0.0.1'
         targs, self.trace = trace_args(wd)
         # -machine pc as in upstream's COLO-FT.txt: on q35 the secondary
         # asserts in memory_region_add_subregion() loading device state
         # over its running devices (COLO does not reset them; MC does)
         args = guest_args(app, mem=mem, machine='pc') + nodelay_args(nodelay)
-        self.primary = VM('colo-primary', args + targs, wd)
+
+        def ns(role):
+            return ['ip', 'netns', 'exec', topo.ns_of(role)] if topo else ()
+
+        self.primary = VM('colo-primary', args + targs, wd,
+                          wrapper=ns('primary'))
         self.secondary = VM('colo-secondary', args + [
-            '-incoming', 'tcp:127.0.0.1:%d' % self.port], wd)
+            '-incoming', 'tcp:%s:%d' % (self.host, self.port)], wd,
+            wrapper=ns('standby'))
         self.primary.wait_serial('mc-guest: ready', timeout=120)
         self.enable(delay_ms)
 
@@ -65,7 +77,8 @@ class ColoPair:
             'x-checkpoint-delay': delay_ms})
 
     def start(self, timeout=180):
-        self.primary.qmp.cmd('migrate', uri='tcp:127.0.0.1:%d' % self.port)
+        self.primary.qmp.cmd('migrate', uri='tcp:%s:%d' % (self.host,
+                                                            self.port))
         wait_migration(self.primary.qmp, 'colo', timeout=timeout)
 
     def checkpoints(self):

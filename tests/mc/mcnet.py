@@ -8,6 +8,15 @@
 Both QEMUs run in the hypervisor namespace (their migration channel is
 on its loopback), the client in its own: nothing leaves the namespaces
 created here.  Needs root; Topology() raises Skip otherwise.
+
+Topology(link='1gbit') instead runs the standby in a third namespace,
+joined to the hypervisor's by a veth whose two ends are shaped by a tbf
+qdisc at that rate: the migration channel then crosses a link of that
+speed (netem is not available here; tbf is).  The standby's tap is
+moved to the hypervisor's bridge, so the guest network is the same.
+
+    hypervisor netns               standby netns
+    mg0 10.77.9.1/24 --veth(tbf)-- mg1 10.77.9.2/24
 """
 
 import json
@@ -26,6 +35,8 @@ CLIENT_IP = '10.77.0.10'
 GUEST_MAC = '52:54:00:77:00:02'
 GUEST_MAC1 = '52:54:00:77:01:02'
 MIG_PORT = 4444
+LINK_HV_IP = '10.77.9.1'
+LINK_SB_IP = '10.77.9.2'
 
 
 def sh(*cmd, check=True):
@@ -33,20 +44,43 @@ def sh(*cmd, check=True):
                           stderr=subprocess.STDOUT, text=True).stdout
 
 
+def tbf(ns, dev, rate):
+    """Shape @dev's egress to @rate (tc syntax, e.g. '1gbit').  The bucket
+    holds 2 ms at that rate (at least 64 KiB: one GSO packet), and a
+    packet may wait 20 ms for tokens before it is dropped."""
+    bits = {'k': 1e3, 'm': 1e6, 'g': 1e9}[rate.lower().rstrip('bit')[-1]]
+    bps = float(rate.lower().rstrip('bit')[:-1]) * bits
+    burst = max(int(bps / 8 * 0.002), 65536)
+    sh('ip', 'netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', dev, 'root',
+       'tbf', 'rate', rate, 'burst', str(burst), 'latency', '20ms')
+
+
 class Topology:
-    def __init__(self):
+    def __init__(self, link=None):
         if os.geteuid() != 0:
             raise Skip('network tests need root (namespaces, bridge, taps)')
         if not shutil.which('ip'):
             raise Skip('iproute2 is not installed')
+        if link and not shutil.which('tc'):
+            raise Skip('tc (iproute2) is not installed')
         tag = '%x' % (os.getpid() & 0xffff)
         self.hv = 'mct-hv-' + tag
         self.cl = 'mct-cl-' + tag
+        self.sb = 'mct-sb-' + tag if link else self.hv
+        self.link = link
         self.tag = tag
         self.taps = []
-        for ns in (self.hv, self.cl):
+        for ns in sorted({self.hv, self.cl, self.sb}):
             sh('ip', 'netns', 'add', ns)
             sh('ip', '-n', ns, 'link', 'set', 'lo', 'up')
+        if link:
+            sh('ip', '-n', self.hv, 'link', 'add', 'mg0', 'type', 'veth',
+               'peer', 'name', 'mg1', 'netns', self.sb)
+            for ns, dev, ip in ((self.hv, 'mg0', LINK_HV_IP),
+                                (self.sb, 'mg1', LINK_SB_IP)):
+                sh('ip', '-n', ns, 'addr', 'add', ip + '/24', 'dev', dev)
+                sh('ip', '-n', ns, 'link', 'set', dev, 'up')
+                tbf(ns, dev, link)
         sh('ip', '-n', self.hv, 'link', 'add', 'br0', 'type', 'bridge')
         # forward at once: a new tap must not wait out STP learning
         sh('ip', '-n', self.hv, 'link', 'set', 'br0', 'type', 'bridge',
@@ -61,14 +95,27 @@ class Topology:
     def tap_name(self, role, i=0):
         return 'mc%s%d%s' % (role[0], i, self.tag)
 
-    def plug(self, tap):
-        """Put a tap QEMU created on the bridge (waits for it to exist)."""
+    def ns_of(self, role):
+        """The namespace a role's QEMU runs in."""
+        return self.sb if role == 'standby' else self.hv
+
+    def mig_host(self):
+        """Where the standby listens for the migration channel."""
+        return LINK_SB_IP if self.link else '127.0.0.1'
+
+    def plug(self, tap, ns=None):
+        """Put a tap QEMU created (in @ns, default the hypervisor's) on
+        the bridge; waits for it to exist."""
+        ns = ns or self.hv
         deadline = time.time() + 30
-        while 'state' not in sh('ip', '-n', self.hv, 'link', 'show', tap,
+        while 'state' not in sh('ip', '-n', ns, 'link', 'show', tap,
                                 check=False):
             if time.time() > deadline:
                 raise RuntimeError('tap %s did not appear' % tap)
             time.sleep(0.05)
+        if ns != self.hv:
+            # QEMU keeps its file descriptor; the device changes namespace
+            sh('ip', '-n', ns, 'link', 'set', tap, 'netns', self.hv)
         sh('ip', '-n', self.hv, 'link', 'set', tap, 'master', 'br0', 'up')
         self.taps.append(tap)
 
@@ -85,7 +132,7 @@ class Topology:
         return Client(self, ns or self.cl, out, host, port, interval)
 
     def close(self):
-        for ns in (self.cl, self.hv):
+        for ns in sorted({self.cl, self.hv, self.sb}):
             sh('ip', 'netns', 'del', ns, check=False)
 
 
@@ -176,9 +223,10 @@ class Pair:
         if len(nics) > 1:
             append += ' mc.ip1=10.0.2.15/24'
         self.vms = {}
-        wrapper = ['ip', 'netns', 'exec', topo.hv] if topo else []
+        self.mig_host = topo.mig_host() if topo else '127.0.0.1'
         assert topo or not nics, 'NICs need a Topology'
         for role in ('primary', 'standby'):
+            wrapper = ['ip', 'netns', 'exec', topo.ns_of(role)] if topo else []
             extra = []
             for i, kind in enumerate(nics):
                 mac = GUEST_MAC if i == 0 else GUEST_MAC1
@@ -192,7 +240,8 @@ class Pair:
                 extra += ['-device', 'virtio-net-pci,netdev=n%d,mac=%s' %
                           (i, mac)]
             if role == 'standby':
-                extra += ['-incoming', 'tcp:127.0.0.1:%d' % self.mig_port]
+                extra += ['-incoming', 'tcp:%s:%d' % (self.mig_host,
+                                                       self.mig_port)]
             else:
                 extra += list(primary_extra)
                 if trace:
@@ -204,7 +253,7 @@ class Pair:
                                 wrapper=wrapper)
             for i, kind in enumerate(nics):
                 if kind == 'tap':
-                    topo.plug(topo.tap_name(role, i))
+                    topo.plug(topo.tap_name(role, i), topo.ns_of(role))
         self.primary = self.vms['primary']
         self.standby = self.vms['standby']
         self.primary.wait_serial('mc-tcpserv: listening', timeout=120)
@@ -219,7 +268,8 @@ class Pair:
                 'mc-failover-policy': policy})
 
     def start_mc(self, timeout=180):
-        self.primary.qmp.cmd('migrate', uri='tcp:127.0.0.1:%d' % self.mig_port)
+        self.primary.qmp.cmd('migrate', uri='tcp:%s:%d' % (self.mig_host,
+                                                            self.mig_port))
         wait_migration(self.primary.qmp, 'mc', timeout=timeout)
         # checkpoints flowing: the standby has acknowledged a few
         deadline = time.time() + 60
