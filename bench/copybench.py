@@ -8,10 +8,11 @@ flat out: every checkpoint carries about the same DIRTY_MIB MiB of
 pages whatever the RAM size.  In each pair mc-copy-threads is set to
 1, 2 and 4 in turn (at run time, same guest, same standby) and
 MEASURE_S seconds of checkpoints at mc-delay 100 are taken from the
-primary's trace: mc_checkpoint_take (pause, pages) and
-mc_checkpoint_copy (page bytes copied, threads, copy time).  Reported
-per RAM size and thread count: median pause, median copy time and
-copy speed (GB/s), and the part of the pause that is not the copy.
+primary's trace: mc_checkpoint_take (pause, pages),
+mc_checkpoint_copy (page bytes copied, threads, copy time) and
+mc_checkpoint_cost (dirty-bitmap words read).  Reported per RAM size and
+thread count: median pause, median copy time and copy speed (GB/s), the
+part of the pause that is not the copy, and the bitmap words.
 
 Standalone: python3 bench/copybench.py [--sizes 512M,2G] [--threads 1,2]
 (prints the table, writes docs/bench/copy.csv); make bench runs it
@@ -20,6 +21,7 @@ from bench/run.py.
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -37,28 +39,37 @@ THREADS = (1, 2, 4)
 DIRTY_MIB = int(os.environ.get('MC_COPYBENCH_DIRTY_MIB', '48'))
 MEASURE_S = float(os.environ.get('MC_COPYBENCH_MEASURE_S', '6'))
 OUT = os.path.join(TOP, 'docs', 'bench')
-CSV_HEADER = 'ram,threads,epoch,pages,pause_us,copy_bytes,copy_threads,copy_us'
+CSV_HEADER = ('ram,threads,epoch,pages,pause_us,copy_bytes,copy_threads,'
+              'copy_us,bitmap_words')
 
 
 def parse_trace(path):
-    """{epoch: [pages, pause_us, copy_bytes, copy_threads, copy_us]}"""
+    """{epoch: [pages, pause_us, copy_bytes, copy_threads, copy_us,
+    bitmap_words]}"""
     out = {}
+
+    def entry(e):
+        return out.setdefault(e, [None] * 6)
+
     with open(path) as f:
         for line in f:
+            m = re.search(r'mc_checkpoint_cost epoch (\d+) allocations \d+ '
+                          r'bitmap words (\d+)', line)
+            if m:
+                entry(int(m.group(1)))[5] = int(m.group(2))
+                continue
             m = re.search(r'mc_checkpoint_copy epoch (\d+) copied (\d+) '
                           r'bytes of pages with (\d+) threads in (\d+) us',
                           line)
             if m:
-                e = int(m.group(1))
-                out.setdefault(e, [None, None, None, None, None])[2:] = [
+                entry(int(m.group(1)))[2:5] = [
                     int(m.group(2)), int(m.group(3)), int(m.group(4))]
                 continue
             m = re.search(r'mc_checkpoint_take epoch (\d+) pages (\d+) '
                           r'bytes \d+ pause (\d+) us', line)
             if m:
-                e = int(m.group(1))
-                out.setdefault(e, [None, None, None, None, None])[:2] = [
-                    int(m.group(2)), int(m.group(3))]
+                entry(int(m.group(1)))[:2] = [int(m.group(2)),
+                                              int(m.group(3))]
     return {e: v for e, v in out.items() if None not in v}
 
 
@@ -67,7 +78,8 @@ def run_size(mem, rows, threads_list):
     events = os.path.join(wd, 'events')
     trace = os.path.join(wd, 'primary.trace')
     with open(events, 'w') as f:
-        f.write('mc_checkpoint_take\nmc_checkpoint_copy\n')
+        f.write('mc_checkpoint_take\nmc_checkpoint_copy\n'
+                'mc_checkpoint_cost\n')
     pair = Pair(None, wd, nics=(), net=False, delay=100, mem=mem,
                 machine='pc', trace=(events, trace),
                 app='mc.dirty=%d' % DIRTY_MIB)
@@ -99,8 +111,8 @@ def med(v):
 def report(rows):
     lines = ['| guest RAM | mc-copy-threads | checkpoints | pages (median) '
              '| pause p50 (ms) | copy p50 (ms) | copy GB/s | pause less '
-             'copy (ms) | threads used |',
-             '|---|---|---|---|---|---|---|---|---|']
+             'copy (ms) | threads used | bitmap words (median) |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     keys = []
     for r in rows:
         if (r[0], r[1]) not in keys:
@@ -112,10 +124,12 @@ def report(rows):
         gbps = med([r[5] / r[7] / 1000 for r in sel if r[7] > 0])
         rest = med([(r[4] - r[7]) for r in sel]) / 1000
         used = sorted(set(r[6] for r in sel))
-        lines.append('| %s | %d | %d | %d | %.2f | %.2f | %.2f | %.2f | %s |'
-                     % (mem, threads, len(sel), med([r[3] for r in sel]),
-                        pause, copy, gbps, rest,
-                        ','.join(str(u) for u in used)))
+        words = [r[8] for r in sel if len(r) > 8]
+        lines.append('| %s | %d | %d | %d | %.2f | %.2f | %.2f | %.2f | %s '
+                     '| %s |' % (mem, threads, len(sel),
+                                 med([r[3] for r in sel]), pause, copy, gbps,
+                                 rest, ','.join(str(u) for u in used),
+                                 '%d' % med(words) if words else 'n/a'))
     return '\n'.join(lines) + '\n'
 
 
@@ -138,6 +152,13 @@ def notes(rows):
                    'RAM (1 thread): %.2fx.' % (
                        mems[-1], mems[0],
                        pause_med(mems[-1], 1) / pause_med(mems[0], 1)))
+        words = {m: med([r[8] for r in rows if r[0] == m and len(r) > 8])
+                 for m in (mems[0], mems[-1])}
+        if not math.isnan(words[mems[0]]):     # a run from before has none
+            out.append('Dirty-bitmap words read per checkpoint (harvest, '
+                       'page search, dirty estimates), %s against %s: '
+                       '%.2fx.' % (mems[-1], mems[0],
+                                   words[mems[-1]] / words[mems[0]]))
     for mem in mems:
         ratios = ['%d threads %.2fx' % (t, copy_med(mem, t) / copy_med(mem, 1))
                   for t in sorted(set(r[1] for r in rows if r[0] == mem))

@@ -388,6 +388,7 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
                                saved_at - paused_at - harvest_us, copy_us,
                                devices_at_us - saved_at - copy_us,
                                start + pause - devices_at_us);
+    trace_mc_checkpoint_cost(epoch, allocs, words);
 
     if (mc->staging->overflow) {
         error_setg(errp, "MC: checkpoint %" PRIu64 " does not fit in "
