@@ -46,6 +46,8 @@ class ColoPair:
     link): the primary in its hypervisor namespace, the secondary in its
     standby namespace, the migration channel over the shaped link."""
 
+    host = '127.0.0.1'      # where the secondary listens (subclasses too)
+
     def __init__(self, wd, delay_ms=100, mem='256M', app='', nodelay=False,
                  topo=None):
         self.port = free_port()
