@@ -24,7 +24,6 @@ from bench/run.py.
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from mcnet import Topology, Pair  # noqa: E402
 from mcvm import workdir  # noqa: E402
 from colo import ColoPair  # noqa: E402
 import netbench  # noqa: E402
+from mctrace import takes  # noqa: E402
 
 LINKS = ('loopback', '10gbit', '1gbit')
 RATE = 20000            # dirty pages per second of the busy workload
@@ -61,18 +61,6 @@ def topology(link):
     return Topology(link=None if link == 'loopback' else link)
 
 
-def takes(trace, first, last):
-    """(bytes, pause us) of MC checkpoints first..last, from the trace."""
-    out = []
-    with open(trace) as f:
-        for line in f:
-            m = re.search(r'mc_checkpoint_take epoch (\d+) pages \d+ '
-                          r'bytes (\d+) pause (\d+) us', line)
-            if m and first <= int(m.group(1)) <= last:
-                out.append((int(m.group(2)), int(m.group(3))))
-    return out
-
-
 def run_mc(link, rate, rows):
     wd = workdir('link-mc')
     events = os.path.join(wd, 'events')
@@ -91,10 +79,10 @@ def run_mc(link, rate, rows):
         time.sleep(MEASURE_S)
         last, t1 = pair.mc()['checkpoints'], time.time()
         tk = takes(trace, first, last)
-        pauses = [p for _, p in tk]
+        pauses = [p for _, _, p in tk]
         rows.append((link, 'MC', rate, 100, len(tk), pct(pauses, 50),
                      pct(pauses, 99), (last - first + 1) / (t1 - t0),
-                     statistics.mean(b for b, _ in tk) / 1e6 if tk else 0))
+                     statistics.mean(b for _, b, _ in tk) / 1e6 if tk else 0))
         pair.primary.qmp.cmd('migrate-set-parameters', **{'mc-delay': 0})
         time.sleep(1)
         n0, t0 = pair.mc()['acked'], time.time()

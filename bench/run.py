@@ -39,6 +39,7 @@ import netbench  # noqa: E402
 import diskbench  # noqa: E402
 import copybench  # noqa: E402
 import linkbench  # noqa: E402
+from mctrace import takes  # noqa: E402
 
 REPEAT = int(os.environ.get('MC_BENCH_REPEAT', '3'))
 MEM = '512M'
@@ -72,18 +73,6 @@ def rss_mib(pid):
     with open('/proc/%d/status' % pid) as f:
         m = re.search(r'VmRSS:\s+(\d+) kB', f.read())
     return int(m.group(1)) / 1024.0
-
-
-def takes(trace, first, last):
-    """(pages, pause_us) of checkpoints first..last from the trace."""
-    out = []
-    with open(trace) as f:
-        for line in f:
-            m = re.search(r'mc_checkpoint_take epoch (\d+) pages (\d+) '
-                          r'bytes \d+ pause (\d+) us', line)
-            if m and first <= int(m.group(1)) <= last:
-                out.append((int(m.group(2)), int(m.group(3))))
-    return out
 
 
 def serial_pages(vm):
@@ -171,7 +160,7 @@ def run_rate(rate, rep, rows):
         last = pair.mc()['checkpoints']
         rows['cpu'].append((rep, rate) + tuple(
             100 * (b - a) / (t1 - t0) for a, b in zip(c0, c1)))
-        for pages, pause in takes(trace, first, last):
+        for pages, _, pause in takes(trace, first, last):
             rows['pause'].append((rep, rate, pages, pause))
         for ph in phases(trace, first, last):
             rows['phases'].append((rep, rate) + ph)

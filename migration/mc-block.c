@@ -378,6 +378,20 @@ static uint8_t *mc_block_cap_reserve(MCBlockState *st, size_t bytes)
     return st->cap + st->cap_len;
 }
 
+/* One DATA or ZERO record; @data is only written for DATA */
+static void mc_block_put_record(QEMUFile *f, uint8_t type, int disk,
+                                int64_t offset, int64_t bytes,
+                                const uint8_t *data)
+{
+    qemu_put_byte(f, type);
+    qemu_put_be32(f, disk);
+    qemu_put_be64(f, offset);
+    qemu_put_be32(f, bytes);
+    if (type == MC_BLK_DATA) {
+        qemu_put_buffer(f, data, bytes);
+    }
+}
+
 /*
  * Send one area of disk @i: data, or a zero record if it reads as zero.
  * With @f NULL the area goes into the capture buffer instead, for the
@@ -407,13 +421,8 @@ static int mc_block_send_area(QEMUFile *f, MCBlockState *st, int i,
         st->cap_len += zero ? 0 : room;
         return 0;
     }
-    qemu_put_byte(f, zero ? MC_BLK_ZERO : MC_BLK_DATA);
-    qemu_put_be32(f, i);
-    qemu_put_be64(f, offset);
-    qemu_put_be32(f, bytes);
-    if (!zero) {
-        qemu_put_buffer(f, buf, bytes);
-    }
+    mc_block_put_record(f, zero ? MC_BLK_ZERO : MC_BLK_DATA, i, offset,
+                        bytes, buf);
     return 0;
 }
 
@@ -425,13 +434,8 @@ static void mc_block_put_captured(QEMUFile *f, MCBlockState *st)
     for (n = 0; n < st->nareas; n++) {
         MCBlockArea *a = &st->areas[n];
 
-        qemu_put_byte(f, a->type);
-        qemu_put_be32(f, a->disk);
-        qemu_put_be64(f, a->offset);
-        qemu_put_be32(f, a->bytes);
-        if (a->type == MC_BLK_DATA) {
-            qemu_put_buffer(f, st->cap + a->at, a->bytes);
-        }
+        mc_block_put_record(f, a->type, a->disk, a->offset, a->bytes,
+                            st->cap + a->at);
     }
 }
 
