@@ -2,7 +2,7 @@
 # Install everything the MC fork needs to build, test and run its demo on a
 # Debian 12 host.  Idempotent; run as root.  Extra suites (bookworm-backports
 # for meson >= 1.5 and pycotap, trixie source entries for the QEMU 10.0
-# source package) are derived from the machine's own apt sources, so no
+# source package, bookworm source entries for libvirt 9.0) are derived from the machine's own apt sources, so no
 # archive host is written in this repository.
 set -euo pipefail
 
@@ -26,10 +26,10 @@ find_mirror() {
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
         uri=$(awk '
-            /^$/ { if (u && s ~ /(^| )bookworm( |$)/) { print u; exit } u=""; s="" }
+            /^$/ { if (u && s ~ /(^| )bookworm( |$)/) { print u; done = 1; exit } u=""; s="" }
             /^URIs:/ { u=$2 }
             /^Suites:/ { $1=""; s=$0 }
-            END { if (u && s ~ /(^| )bookworm( |$)/) print u }' "$f")
+            END { if (!done && u && s ~ /(^| )bookworm( |$)/) print u }' "$f")
         if [ -n "$uri" ]; then echo "$uri"; return; fi
     done
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
@@ -56,7 +56,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb-src
 URIs: $mirror
-Suites: trixie
+Suites: trixie bookworm
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
