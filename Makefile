@@ -6,6 +6,7 @@
 #   make demo    set up, build, run a protected VM pair and fail it over
 #   make bench   set up, build, measure (docs/benchmarks.md, docs/bench/)
 #   make check-disk-long  build, then 20 kill -9 runs of the disk replication test
+#   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #
 # Layout: build/download (cached source package), build/src (base +
 # patches/ + overlay), build/qemu (meson build directory), build/guest.
@@ -16,6 +17,13 @@ SRC := $(BUILD)/src
 OBJ := $(BUILD)/qemu
 JOBS ?= $(shell nproc)
 
+# Where the packages (make debs) put things, beside Debian's QEMU: programs
+# in /usr/lib/qemu-mc/bin, data in /usr/share/qemu-mc, config in
+# /etc/qemu-mc.  The build tree runs the same binaries (qemu-bundle/).
+QEMU_LAYOUT := --prefix=/usr --bindir=lib/qemu-mc/bin \
+	--libexecdir=lib/qemu-mc/libexec --with-suffix=qemu-mc \
+	--sysconfdir=/etc --localstatedir=/var
+
 # A lean x86_64 build with what MC and its peers need: TCG and KVM, slirp,
 # RDMA, upstream COLO (replication + colo-proxy), TLS, fdt, qemu-img, tests.
 QEMU_CONFIGURE := --target-list=x86_64-softmmu --without-default-features \
@@ -24,13 +32,14 @@ QEMU_CONFIGURE := --target-list=x86_64-softmmu --without-default-features \
 	--enable-tools --enable-attr --enable-cap-ng --enable-linux-aio \
 	--disable-docs --disable-install-blobs --disable-werror \
 	--python=/usr/bin/python3 \
-	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
+	$(QEMU_LAYOUT)
 
 # Our unit tests and qtests are named test-mc-* / mc-*: add each one here.
 NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/qtest/mc-test
 
-.PHONY: all setup base configure build guest check test check-disk-long demo bench \
+.PHONY: all setup base configure build guest check test check-disk-long demo bench debs \
 	clean distclean
 
 all: build
@@ -64,6 +73,11 @@ check: setup
 check-disk-long: build guest
 	@MC_DISK_KILLS=20 MC_TEST_TIMEOUT=3600 /usr/bin/python3 tests/mc/run.py \
 		--suite functional test_disk_kill_primary_records
+
+# Debian 12 packages of the fork, installable beside Debian's QEMU.
+debs: setup
+	@$(MAKE) --no-print-directory build
+	@bash scripts/build-debs.sh $(OBJ) $(BUILD)/debs
 
 # The main job: a protected VM pair, the primary killed, the standby on.
 demo: setup

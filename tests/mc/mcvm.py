@@ -103,13 +103,13 @@ class QMP:
 class VM:
     """One QEMU process with a QMP socket and a serial log file."""
 
-    def __init__(self, name, args, workdir, wrapper=()):
+    def __init__(self, name, args, workdir, wrapper=(), binary=QEMU):
         self.name = name
         self.qmp_path = os.path.join(workdir, name + '.qmp')
         self.serial_path = os.path.join(workdir, name + '.serial')
         self.log_path = os.path.join(workdir, name + '.log')
         # wrapper: e.g. "ip netns exec NS", which execs: same pid
-        cmd = list(wrapper) + [QEMU, '-name', name, '-nodefaults', '-display', 'none',
+        cmd = list(wrapper) + [binary, '-name', name, '-nodefaults', '-display', 'none',
                '-qmp', 'unix:%s,server=on,wait=off' % self.qmp_path,
                '-serial', 'file:' + self.serial_path] + args
         self.log = open(self.log_path, 'w')
