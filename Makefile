@@ -7,6 +7,7 @@
 #   make bench   set up, build, measure (docs/benchmarks.md, docs/bench/)
 #   make check-disk-long  build, then 20 kill -9 runs of the disk replication test
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
+#   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
 #
 # Layout: build/download (cached source package), build/src (base +
 # patches/ + overlay), build/qemu (meson build directory), build/guest.
@@ -35,11 +36,46 @@ QEMU_CONFIGURE := --target-list=x86_64-softmmu --without-default-features \
 	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
 	$(QEMU_LAYOUT)
 
+# libvirt 9.0 (Debian 12's source package + Debian's patches + ours in
+# libvirt/patches): the QEMU and remote drivers, libvirtd/virtqemud and
+# virsh, laid out like Debian's (paths, legacy libvirtd mode), with the
+# unit tests of the areas our patches touch.
+LIBVIRT_SRC := $(BUILD)/libvirt-src
+LIBVIRT_OBJ := $(BUILD)/libvirt
+LIBVIRT_CONFIGURE := --prefix=/usr --sysconfdir=/etc --localstatedir=/var \
+	--libexecdir=/usr/lib/libvirt -Drunstatedir=/run -Dsystem=true \
+	-Dremote_default_mode=legacy -Dwerror=true \
+	-Ddriver_qemu=enabled -Ddriver_remote=enabled -Ddriver_libvirtd=enabled \
+	-Ddriver_test=enabled -Dtests=enabled -Dexpensive_tests=disabled \
+	-Dqemu_user=root -Dqemu_group=root \
+	-Ddriver_bhyve=disabled -Ddriver_ch=disabled -Ddriver_esx=disabled \
+	-Ddriver_hyperv=disabled -Ddriver_interface=disabled \
+	-Ddriver_libxl=disabled -Ddriver_lxc=disabled -Ddriver_network=disabled \
+	-Ddriver_openvz=disabled -Ddriver_secrets=disabled \
+	-Ddriver_vbox=disabled -Ddriver_vmware=disabled -Ddriver_vz=disabled \
+	-Dstorage_dir=disabled -Dstorage_disk=disabled -Dstorage_fs=disabled \
+	-Dstorage_gluster=disabled -Dstorage_iscsi=disabled \
+	-Dstorage_iscsi_direct=disabled -Dstorage_lvm=disabled \
+	-Dstorage_mpath=disabled -Dstorage_rbd=disabled -Dstorage_scsi=disabled \
+	-Dstorage_vstorage=disabled -Dstorage_zfs=disabled \
+	-Ddocs=disabled -Dnls=disabled -Ddtrace=disabled \
+	-Dwireshark_dissector=disabled -Dnss=disabled -Dlogin_shell=disabled \
+	-Dhost_validate=disabled -Dsasl=disabled -Dlibssh=disabled \
+	-Dlibssh2=disabled -Dpolkit=disabled -Dfirewalld=disabled \
+	-Dfirewalld_zone=disabled -Dsanlock=disabled -Dglusterfs=disabled \
+	-Dlibiscsi=disabled -Dopenwsman=disabled -Dcurl=disabled \
+	-Dnetcf=disabled -Dbash_completion=disabled -Dudev=disabled \
+	-Dpciaccess=disabled -Dnumactl=disabled -Dnumad=disabled \
+	-Dfuse=disabled -Dlibpcap=disabled -Dblkid=disabled -Daudit=disabled \
+	-Dinit_script=none -Dsysctl_config=disabled -Dpm_utils=disabled \
+	-Dapparmor=disabled -Dselinux=disabled -Dyajl=enabled
+
 # Our unit tests and qtests are named test-mc-* / mc-*: add each one here.
 NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/qtest/mc-test
 
 .PHONY: all setup base configure build guest check test check-disk-long demo bench debs \
+	libvirt \
 	clean distclean
 
 all: build
@@ -62,7 +98,7 @@ build: configure
 guest:
 	@bash scripts/build-guest.sh
 
-test: build guest
+test: build guest libvirt
 	@/usr/bin/python3 tests/mc/run.py
 
 check: setup
@@ -78,6 +114,12 @@ check-disk-long: build guest
 debs: setup
 	@$(MAKE) --no-print-directory build
 	@bash scripts/build-debs.sh $(OBJ) $(BUILD)/debs
+
+# libvirt with our patches, built in build/libvirt (run from the tree).
+libvirt:
+	@bash scripts/prepare-libvirt.sh
+	@bash scripts/configure-libvirt.sh $(LIBVIRT_OBJ) $(LIBVIRT_SRC) $(LIBVIRT_CONFIGURE)
+	ninja -C $(LIBVIRT_OBJ) -j$(JOBS)
 
 # The main job: a protected VM pair, the primary killed, the standby on.
 demo: setup

@@ -6,6 +6,7 @@ Suites:
   meson      our unit tests and qtests (meson tests named test-mc-*, mc-*)
   upstream   a regression subset of upstream migration-test, on TCG
   functional tests/mc/test_*.py (Linux guest, real QEMU processes)
+  libvirt    libvirt's own unit tests of the areas libvirt/patches touch
 
 Prints "N passed, N failed, N skipped" last; exits non-zero on a failure.
 Usage: run.py [--suite NAME]... [--list] [PATTERN...]
@@ -89,6 +90,22 @@ def upstream_cases():
             for p, extra in UPSTREAM_MIGRATION]
 
 
+# libvirt's unit tests that cover what libvirt/patches changes (monitor
+# parsing, migration parameters, status XML, virsh's command tables).
+LIBVIRT_OBJ = os.path.join(BUILD, 'libvirt')
+LIBVIRT_TESTS = ['qemumonitorjsontest', 'qemumigparamstest',
+                 'qemustatusxml2xmltest', 'virsh-self-test']
+
+
+def libvirt_cases():
+    if not os.path.exists(os.path.join(LIBVIRT_OBJ, 'build.ninja')):
+        return [Case('libvirt', 'build', ['sh', '-c',
+                     'echo "libvirt is not built (make libvirt)"; exit 1'], 10)]
+    return [Case('libvirt', t, ['meson', 'test', '-C', LIBVIRT_OBJ,
+                                '--no-rebuild', '--print-errorlogs', t], 600)
+            for t in LIBVIRT_TESTS]
+
+
 def functional_cases():
     # MC_TEST_TIMEOUT: seconds per test instead of 600 (long runs such as
     # make check-disk-long)
@@ -150,7 +167,8 @@ def main():
         return run_one(a.one)
 
     suites = {'fork': fork_cases, 'meson': meson_cases,
-              'upstream': upstream_cases, 'functional': functional_cases}
+              'upstream': upstream_cases, 'libvirt': libvirt_cases,
+              'functional': functional_cases}
     chosen = a.suite or list(suites)
     cases = [c for s in chosen for c in suites[s]()]
     if a.patterns:
