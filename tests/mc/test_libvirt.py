@@ -55,3 +55,101 @@ def test_libvirt_live_migration():
     finally:
         hosts.close()
     rm(wd)
+
+
+def mc_pair(wd, hosts, delay=50):
+    """The test guest started on host a, then protected by
+    virsh migrate --live --mc to host b."""
+    a, b = hosts[0], hosts[1]
+    xml = os.path.join(wd, 'mcg.xml')
+    with open(xml, 'w') as f:
+        f.write(domain_xml('mcg', wd, append='mc.dirty=16,2000'))
+    a.virsh('create', xml)
+    serial = os.path.join(wd, 'mcg.serial')
+    wait_for(lambda: last_tick(serial) >= 2, 120, 'the guest to tick')
+    a.virsh('migrate', '--live', '--mc', '--mc-delay', str(delay),
+            '--mc-failover-policy', 'safe', 'mcg', b.uri, timeout=300)
+    return serial
+
+
+def qmp(host, dom, cmd):
+    import json
+    out = host.virsh('qemu-monitor-command', dom,
+                     json.dumps({'execute': cmd})).stdout
+    return json.loads(out)['return']
+
+
+def acked(host):
+    return qmp(host, 'mcg', 'query-migrate')['mc']['acked']
+
+
+def test_libvirt_mc_failover_by_kill():
+    """virsh migrate --live --mc: the domain runs on host a and host b
+    holds its paused standby (reason 'mc standby'); libvirt keeps the
+    migration job in phase MC (domjobinfo: unbounded).  kill -9 of a's
+    QEMU: b's domain runs with reason 'mc failover' and the guest goes on
+    from its last checkpoint."""
+    wd = workdir('libvirt-mc-kill')
+    hosts = Hosts(wd, 'a', 'b')
+    a, b = hosts[0], hosts[1]
+    try:
+        serial = mc_pair(wd, hosts)
+        assert a.domstate('mcg').startswith('running'), a.domstate('mcg')
+        assert b.domstate('mcg') == 'paused (mc standby)', b.domstate('mcg')
+        first = acked(a)
+        wait_for(lambda: acked(a) >= first + 5, 60, 'checkpoints')
+        info = a.virsh('domjobinfo', 'mcg').stdout
+        assert re.search(r'Job type:\s+Unbounded', info), info
+
+        with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
+            pid = int(f.read())
+        os.kill(pid, 9)
+        wait_for(lambda: b.domstate('mcg') == 'running (mc failover)', 60,
+                 'the standby to take over: %s' % b.domstate('mcg'))
+        before = last_tick(serial)
+        wait_for(lambda: last_tick(serial) >= before + 2, 60,
+                 'the guest to tick on b')
+        wait_for(lambda: 'mcg' not in a.virsh('list', '--name').stdout.split(),
+                 30, 'the primary to be gone on a')
+        # the job ended with MC: nothing left running on b
+        info = b.virsh('domjobinfo', 'mcg').stdout
+        assert re.search(r'Job type:\s+None', info), info
+    except Exception:
+        print(a.daemon_log()[-4000:])
+        print(b.daemon_log()[-4000:])
+        print(a.qemu_log('mcg')[-2000:], b.qemu_log('mcg')[-2000:])
+        raise
+    finally:
+        hosts.close()
+    rm(wd)
+
+
+def test_libvirt_mc_domjobabort():
+    """virsh domjobabort on the primary ends MC: the domain runs on,
+    unprotected, and the job is over; the standby stays paused and can be
+    destroyed."""
+    wd = workdir('libvirt-mc-abort')
+    hosts = Hosts(wd, 'a', 'b')
+    a, b = hosts[0], hosts[1]
+    try:
+        serial = mc_pair(wd, hosts)
+        first = acked(a)
+        wait_for(lambda: acked(a) >= first + 3, 60, 'checkpoints')
+        a.virsh('domjobabort', 'mcg')
+        wait_for(lambda: re.search(r'Job type:\s+None', a.virsh(
+            'domjobinfo', 'mcg').stdout) is not None, 30, 'the job to end')
+        assert a.domstate('mcg').startswith('running'), a.domstate('mcg')
+        assert qmp(a, 'mcg', 'query-migrate')['status'] == 'cancelled'
+        before = last_tick(serial)
+        wait_for(lambda: last_tick(serial) >= before + 2, 60,
+                 'the guest to tick on a')
+        assert b.domstate('mcg') == 'paused (mc standby)', b.domstate('mcg')
+        b.virsh('destroy', 'mcg')
+        assert a.domstate('mcg').startswith('running'), a.domstate('mcg')
+    except Exception:
+        print(a.daemon_log()[-4000:])
+        print(b.daemon_log()[-4000:])
+        raise
+    finally:
+        hosts.close()
+    rm(wd)
