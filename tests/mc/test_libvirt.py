@@ -153,3 +153,40 @@ def test_libvirt_mc_domjobabort():
     finally:
         hosts.close()
     rm(wd)
+
+
+def test_libvirt_mc_daemon_restart():
+    """Both libvirtd restarted while MC runs: the pair is kept (the primary
+    runs, the standby stays paused as the standby, checkpoints go on, the
+    job is still there), and a failover afterwards is still seen through
+    libvirt."""
+    wd = workdir('libvirt-mc-restart')
+    hosts = Hosts(wd, 'a', 'b')
+    a, b = hosts[0], hosts[1]
+    try:
+        serial = mc_pair(wd, hosts)
+        for h in (a, b):
+            h.stop()
+            h.start()
+        assert a.domstate('mcg').startswith('running'), a.domstate('mcg')
+        assert b.domstate('mcg') == 'paused (mc standby)', b.domstate('mcg')
+        info = a.virsh('domjobinfo', 'mcg').stdout
+        assert re.search(r'Job type:\s+Unbounded', info), info
+        first = acked(a)
+        wait_for(lambda: acked(a) >= first + 3, 60, 'checkpoints')
+
+        with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
+            pid = int(f.read())
+        os.kill(pid, 9)
+        wait_for(lambda: b.domstate('mcg') == 'running (mc failover)', 60,
+                 'the standby to take over: %s' % b.domstate('mcg'))
+        before = last_tick(serial)
+        wait_for(lambda: last_tick(serial) >= before + 2, 60,
+                 'the guest to tick on b')
+    except Exception:
+        print(a.daemon_log()[-4000:])
+        print(b.daemon_log()[-4000:])
+        raise
+    finally:
+        hosts.close()
+    rm(wd)
