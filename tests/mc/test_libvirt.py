@@ -100,6 +100,12 @@ def test_libvirt_mc_failover_by_kill():
         wait_for(lambda: acked(a) >= first + 5, 60, 'checkpoints')
         info = a.virsh('domjobinfo', 'mcg').stdout
         assert re.search(r'Job type:\s+Unbounded', info), info
+        # the MC statistics, through libvirt's job stats
+        m = re.search(r'Checkpoints acked:\s+(\d+)', info)
+        assert m and int(m.group(1)) >= first + 5, info
+        for label in ('Checkpoints:', 'Checkpoint pause:', 'Held packets:',
+                      'Transfer average:'):
+            assert label in info, info
 
         with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
             pid = int(f.read())
