@@ -57,7 +57,7 @@ def test_libvirt_live_migration():
     rm(wd)
 
 
-def mc_pair(wd, hosts, delay=50):
+def mc_pair(wd, hosts, delay=50, policy='safe'):
     """The test guest started on host a, then protected by
     virsh migrate --live --mc to host b."""
     a, b = hosts[0], hosts[1]
@@ -68,7 +68,7 @@ def mc_pair(wd, hosts, delay=50):
     serial = os.path.join(wd, 'mcg.serial')
     wait_for(lambda: last_tick(serial) >= 2, 120, 'the guest to tick')
     a.virsh('migrate', '--live', '--mc', '--mc-delay', str(delay),
-            '--mc-failover-policy', 'safe', 'mcg', b.uri, timeout=300)
+            '--mc-failover-policy', policy, 'mcg', b.uri, timeout=300)
     return serial
 
 
@@ -189,6 +189,50 @@ def test_libvirt_mc_daemon_restart():
         before = last_tick(serial)
         wait_for(lambda: last_tick(serial) >= before + 2, 60,
                  'the guest to tick on b')
+    except Exception:
+        print(a.daemon_log()[-4000:])
+        print(b.daemon_log()[-4000:])
+        raise
+    finally:
+        hosts.close()
+    rm(wd)
+
+
+def test_libvirt_mc_failover_by_hand():
+    """Policy 'manual': the standby does not act alone when the primary
+    dies (it stays paused and QEMU reports MC_PEER_LOST); virsh
+    mc-failover on it, the new API, makes it take over.  mc-failover on a
+    domain outside an MC pair is a clear error that changes nothing."""
+    wd = workdir('libvirt-mc-hand')
+    hosts = Hosts(wd, 'a', 'b')
+    a, b = hosts[0], hosts[1]
+    try:
+        serial = mc_pair(wd, hosts, policy='manual')
+        r = a.virsh('mc-failover', 'nosuchdomain', check=False)
+        assert r.returncode != 0
+        first = acked(a)
+        wait_for(lambda: acked(a) >= first + 3, 60, 'checkpoints')
+
+        with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
+            pid = int(f.read())
+        os.kill(pid, 9)
+        # the standby sees the connection close at once; 'manual' waits
+        time.sleep(3)
+        assert b.domstate('mcg') == 'paused (mc standby)', b.domstate('mcg')
+        info = b.virsh('domjobinfo', 'mcg', check=False)
+        assert 'Unbounded' in info.stdout or info.returncode != 0, info
+
+        b.virsh('mc-failover', 'mcg')
+        wait_for(lambda: b.domstate('mcg') == 'running (mc failover)', 60,
+                 'the standby to take over: %s' % b.domstate('mcg'))
+        before = last_tick(serial)
+        wait_for(lambda: last_tick(serial) >= before + 2, 60,
+                 'the guest to tick on b')
+        # now outside MC: refused, and the domain runs on
+        r = b.virsh('mc-failover', 'mcg', check=False)
+        assert r.returncode != 0 and 'not part of a micro-checkpointing' \
+            in r.stderr, r.stderr
+        assert b.domstate('mcg') == 'running (mc failover)'
     except Exception:
         print(a.daemon_log()[-4000:])
         print(b.daemon_log()[-4000:])
