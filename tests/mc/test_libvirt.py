@@ -57,9 +57,9 @@ def test_libvirt_live_migration():
     rm(wd)
 
 
-def mc_pair(wd, hosts, delay=50, policy='safe'):
+def mc_pair(wd, hosts, delay=50, policy='safe', before=None):
     """The test guest started on host a, then protected by
-    virsh migrate --live --mc to host b."""
+    virsh migrate --live --mc to host b (@before(a, b) runs first)."""
     a, b = hosts[0], hosts[1]
     xml = os.path.join(wd, 'mcg.xml')
     with open(xml, 'w') as f:
@@ -67,6 +67,8 @@ def mc_pair(wd, hosts, delay=50, policy='safe'):
     a.virsh('create', xml)
     serial = os.path.join(wd, 'mcg.serial')
     wait_for(lambda: last_tick(serial) >= 2, 120, 'the guest to tick')
+    if before:
+        before(a, b)
     a.virsh('migrate', '--live', '--mc', '--mc-delay', str(delay),
             '--mc-failover-policy', policy, 'mcg', b.uri, timeout=300)
     return serial
@@ -130,15 +132,35 @@ def test_libvirt_mc_failover_by_kill():
     rm(wd)
 
 
+def refusals(a, b):
+    """Combinations MC cannot go with: each a clear error, and nothing
+    changes (the domain runs on a, nothing appears on b)."""
+    cases = [
+        (['--mc'], 'needs a live migration'),
+        (['--live', '--mc', '--postcopy'], 'cannot be combined with post-copy'),
+        (['--live', '--mc', '--p2p', '--tunnelled'],
+         'cannot be combined with tunnelled'),
+        (['--live', '--mc', '--suspend'], 'cannot be combined with paused'),
+        (['--live', '--mc-delay', '10'], 'mc'),
+        (['--live', '--mc', '--mc-failover-policy', 'sometimes'],
+         'sometimes'),
+    ]
+    for opts, msg in cases:
+        r = a.virsh('migrate', *(opts + ['mcg', b.uri]), check=False)
+        assert r.returncode != 0 and msg in r.stderr, (opts, r.stderr)
+        assert a.domstate('mcg').startswith('running'), a.domstate('mcg')
+        assert 'mcg' not in b.virsh('list', '--all', '--name').stdout.split()
+
+
 def test_libvirt_mc_domjobabort():
-    """virsh domjobabort on the primary ends MC: the domain runs on,
-    unprotected, and the job is over; the standby stays paused and can be
-    destroyed."""
+    """Refused combinations first (refusals()); then virsh domjobabort on
+    the primary ends MC: the domain runs on, unprotected, and the job is
+    over; the standby stays paused and can be destroyed."""
     wd = workdir('libvirt-mc-abort')
     hosts = Hosts(wd, 'a', 'b')
     a, b = hosts[0], hosts[1]
     try:
-        serial = mc_pair(wd, hosts)
+        serial = mc_pair(wd, hosts, before=refusals)
         first = acked(a)
         wait_for(lambda: acked(a) >= first + 3, 60, 'checkpoints')
         a.virsh('domjobabort', 'mcg')
