@@ -118,6 +118,13 @@ class Host:
                 ' '.join(args), self.name, r.stdout, r.stderr))
         return r
 
+    def event_watcher(self, event, out, dom='mcg'):
+        """virsh event --loop for @event of @dom, printing to file @out."""
+        return subprocess.Popen(
+            [RUN, VIRSH, '-c', self.uri, 'event', '--domain', dom,
+             '--event', event, '--loop'],
+            stdout=open(out, 'w'), stderr=subprocess.STDOUT)
+
     def domstate(self, dom):
         return self.virsh('domstate', '--reason', dom).stdout.strip()
 

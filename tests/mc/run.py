@@ -91,10 +91,12 @@ def upstream_cases():
 
 
 # libvirt's unit tests that cover what libvirt/patches changes (monitor
-# parsing, migration parameters, status XML, virsh's command tables).
+# parsing, migration parameters, status XML, virsh's command tables, the
+# exported symbols and driver tables our API and event add to).
 LIBVIRT_OBJ = os.path.join(BUILD, 'libvirt')
 LIBVIRT_TESTS = ['qemumonitorjsontest', 'qemumigparamstest',
-                 'qemustatusxml2xmltest', 'virsh-self-test']
+                 'qemustatusxml2xmltest', 'virsh-self-test',
+                 'check-symfile', 'check-symsorting', 'check-drivername']
 
 
 def libvirt_cases():

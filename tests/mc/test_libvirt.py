@@ -6,7 +6,7 @@ import re
 import time
 
 from lvhost import Hosts, domain_xml, rm
-from mcvm import BUILD, workdir
+from mcvm import workdir
 
 
 def last_tick(path):
@@ -222,7 +222,8 @@ def test_libvirt_mc_daemon_restart():
 
 def test_libvirt_mc_failover_by_hand():
     """Policy 'manual': the standby does not act alone when the primary
-    dies (it stays paused and QEMU reports MC_PEER_LOST); virsh
+    dies (it stays paused, and libvirt's mc-peer-lost event says so:
+    role standby, reason peer-closed); virsh
     mc-failover on it, the new API, makes it take over.  mc-failover on a
     domain outside an MC pair is a clear error that changes nothing."""
     wd = workdir('libvirt-mc-hand')
@@ -235,10 +236,21 @@ def test_libvirt_mc_failover_by_hand():
         first = acked(a)
         wait_for(lambda: acked(a) >= first + 3, 60, 'checkpoints')
 
+        # libvirt's mc-peer-lost event, as a management client sees it
+        events = os.path.join(wd, 'events')
+        watcher = b.event_watcher('mc-peer-lost', events)
+        time.sleep(1)
         with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
             pid = int(f.read())
         os.kill(pid, 9)
-        # the standby sees the connection close at once; 'manual' waits
+
+        def said():
+            with open(events) as f:
+                return ("event 'mc-peer-lost' for domain 'mcg': role standby,"
+                        " reason peer-closed") in f.read()
+        wait_for(said, 30, 'the mc-peer-lost event on b')
+        watcher.kill()
+        # the standby saw the connection close at once; 'manual' waits
         time.sleep(3)
         assert b.domstate('mcg') == 'paused (mc standby)', b.domstate('mcg')
         info = b.virsh('domjobinfo', 'mcg', check=False)
@@ -316,7 +328,6 @@ def test_libvirt_mc_client_survives_failover():
     primary QEMU killed -9.  libvirt's own lifecycle event on the standby
     host says 'Resumed MC failover', and the client's TCP connection goes
     on with no reset, gap or duplicate."""
-    import subprocess
     from mcnet import Client, problems
     wd = workdir('libvirt-mc-net')
     hosts = Hosts(wd, 'a', 'b')
@@ -350,12 +361,7 @@ def test_libvirt_mc_client_survives_failover():
         a.virsh('migrate', '--live', '--mc', '--mc-delay', '20', 'mcg',
                 b.uri, timeout=300)
         net.plug(b, 'mclg0', 'mclgb')
-        events = subprocess.Popen(
-            [os.path.join(BUILD, 'libvirt', 'run'),
-             os.path.join(BUILD, 'libvirt', 'tools', 'virsh'), '-c', b.uri,
-             'event', '--domain', 'mcg', '--event', 'lifecycle', '--loop'],
-            stdout=open(os.path.join(wd, 'events'), 'w'),
-            stderr=subprocess.STDOUT)
+        events = b.event_watcher('lifecycle', os.path.join(wd, 'events'))
         time.sleep(1)
         n = client.count()
         client.wait(lambda evs: client.count() >= n + 50)
