@@ -87,7 +87,7 @@ base:
 	@bash scripts/prepare-base.sh
 
 configure: base
-	@bash scripts/configure-qemu.sh $(OBJ) $(SRC) $(QEMU_CONFIGURE) \
+	@bash scripts/configure-once.sh $(OBJ) $(SRC)/configure $(QEMU_CONFIGURE) \
 		--with-pkgversion="$$(sed 's/^1://' $(BUILD)/base-version)-mc"
 
 build: configure
@@ -118,7 +118,8 @@ debs: setup
 # libvirt with our patches, built in build/libvirt (run from the tree).
 libvirt:
 	@bash scripts/prepare-libvirt.sh
-	@bash scripts/configure-libvirt.sh $(LIBVIRT_OBJ) $(LIBVIRT_SRC) $(LIBVIRT_CONFIGURE)
+	@bash scripts/configure-once.sh $(LIBVIRT_OBJ) meson setup . $(LIBVIRT_SRC) \
+		$(LIBVIRT_CONFIGURE)
 	ninja -C $(LIBVIRT_OBJ) -j$(JOBS)
 
 # The main job: a protected VM pair, the primary killed, the standby on.

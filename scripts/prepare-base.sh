@@ -45,7 +45,6 @@ upver=${upver%%+*}
 # 2. + 3. Unpack and patch.  The tree is rebuilt from scratch only when the
 # tarball changes; a changed series is re-applied in place (quilt restores the
 # files the old patches touched, so only those are rebuilt).
-series_sum=$(cd "$top/patches" && cat series $(ls *.patch 2>/dev/null) | sha256sum | cut -d" " -f1)
 if [ ! -f "$src/.mc-base" ] || [ "$(cat "$src/.mc-base")" != "$debver" ]; then
     echo "prepare-base: unpacking QEMU $upver (Debian $debver)"
     rm -rf "$src" "$build/src.tmp"
@@ -59,28 +58,7 @@ if [ ! -f "$src/.mc-base" ] || [ "$(cat "$src/.mc-base")" != "$debver" ]; then
     echo "$debver" > "$src/.mc-base"
 fi
 
-export QUILT_PATCHES="$top/patches" QUILT_PC=.pc
-if [ ! -f "$src/.mc-series" ] || [ "$(cat "$src/.mc-series")" != "$series_sum" ]; then
-    touched=""
-    if [ -d "$src/.pc" ]; then
-        # Files restored by quilt get their old mtimes back, which ninja would
-        # take as up to date: remember them and touch them afterwards.
-        touched=$(cd "$src/.pc" && find . -mindepth 2 -type f ! -name '.*' | cut -d/ -f3- | sort -u)
-        (cd "$src" && quilt pop -a -f -q >/dev/null) || true
-    fi
-    rm -f "$src/.mc-series"
-    if [ -s "$top/patches/series" ]; then
-        echo "prepare-base: applying patches/series"
-        (cd "$src" && quilt push -a -q --fuzz=0) || {
-            echo "prepare-base: a patch in patches/series does not apply cleanly" >&2
-            exit 1
-        }
-    fi
-    for f in $touched; do
-        [ -e "$src/$f" ] && touch "$src/$f"
-    done
-    echo "$series_sum" > "$src/.mc-series"
-fi
+bash "$top/scripts/apply-series.sh" "$src" "$top/patches" .mc-series prepare-base
 
 # 4. Overlay.  Files that left the overlay since the last run are removed.
 new_list=$(mktemp)

@@ -38,8 +38,6 @@ for f in "$orig" "$debtar"; do
     [ -f "$f" ] || { echo "prepare-libvirt: $f is missing" >&2; exit 1; }
 done
 
-series_sum=$(cd "$ours" && cat series $(ls *.patch 2>/dev/null) | sha256sum | cut -d' ' -f1)
-
 # Debian's tree: unpacked and patched only when the package changes.
 if [ ! -f "$src/.mc-libvirt-base" ] || [ "$(cat "$src/.mc-libvirt-base")" != "$debver" ]; then
     echo "prepare-libvirt: unpacking libvirt $debver"
@@ -56,26 +54,5 @@ if [ ! -f "$src/.mc-libvirt-base" ] || [ "$(cat "$src/.mc-libvirt-base")" != "$d
     echo "$debver" > "$src/.mc-libvirt-base"
 fi
 
-# Ours, in place: a changed series is popped and pushed again, so only
-# the files its patches touch are rebuilt.
-export QUILT_PATCHES=$ours QUILT_PC=.pc
-if [ ! -f "$src/.mc-libvirt-series" ] || [ "$(cat "$src/.mc-libvirt-series")" != "$series_sum" ]; then
-    touched=""
-    if [ -d "$src/.pc" ]; then
-        # quilt gives restored files their old mtimes: touch them after
-        touched=$(cd "$src/.pc" && find . -mindepth 2 -type f ! -name '.*' | cut -d/ -f3- | sort -u)
-        (cd "$src" && quilt --quiltrc=/dev/null pop -a -f -q >/dev/null) || true
-    fi
-    rm -f "$src/.mc-libvirt-series"
-    if [ -s "$ours/series" ]; then
-        echo "prepare-libvirt: applying libvirt/patches/series"
-        (cd "$src" && quilt --quiltrc=/dev/null push -a -q --fuzz=0) || {
-            echo "prepare-libvirt: a patch in libvirt/patches does not apply with no fuzz" >&2
-            exit 1
-        }
-    fi
-    for f in $touched; do
-        [ -e "$src/$f" ] && touch "$src/$f"
-    done
-    echo "$series_sum" > "$src/.mc-libvirt-series"
-fi
+# Ours, in place: only the files a changed series touches are rebuilt.
+bash "$top/scripts/apply-series.sh" "$src" "$ours" .mc-libvirt-series prepare-libvirt

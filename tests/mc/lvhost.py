@@ -236,10 +236,5 @@ def domain_xml(name, wd, mem_mib=256, append='', extra_devices=''):
            append=append, qemu=QEMU, serial=serial, extra=extra_devices)
 
 
-def copy_guest_files(wd):
-    """Nothing to copy: both hosts see the same files (one machine)."""
-    return wd
-
-
 def rm(path):
     shutil.rmtree(path, ignore_errors=True)

@@ -1,6 +1,7 @@
 """libvirt (build/libvirt, Debian 12's 9.0 + libvirt/patches) driving our
 QEMU between two namespace "hosts" (lvhost.py)."""
 
+import contextlib
 import os
 import re
 import time
@@ -26,15 +27,47 @@ def wait_for(cond, timeout, what):
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def two_hosts(name):
+    """Hosts a and b in a fresh work directory: yields (wd, a, b).  Their
+    daemon and QEMU logs are printed if the test fails; the hosts are
+    closed either way, the work directory removed after a pass."""
+    wd = workdir(name)
+    hosts = Hosts(wd, 'a', 'b')
+    a, b = hosts[0], hosts[1]
+    try:
+        yield wd, a, b
+    except BaseException:
+        for h in (a, b):
+            print(h.daemon_log()[-4000:])
+            print(h.qemu_log('mcg')[-2000:])
+        raise
+    finally:
+        hosts.close()
+    rm(wd)
+
+
+def kill_primary(a):
+    """kill -9 of the QEMU of domain mcg on host @a."""
+    with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
+        os.kill(int(f.read()), 9)
+
+
+def wait_takeover(b, serial):
+    """The standby on @b runs as 'mc failover' and the guest ticks on."""
+    wait_for(lambda: b.domstate('mcg') == 'running (mc failover)', 60,
+             'the standby to take over')
+    before = last_tick(serial)
+    wait_for(lambda: last_tick(serial) >= before + 2, 60,
+             'the guest to tick on b')
+
+
 def test_libvirt_live_migration():
     """The baseline: plain live migration of the test guest from host a to
     host b through libvirt, as any libvirt user would (virsh migrate
     --live), with our QEMU as the emulator: both libvirtd understand it
     and the guest goes on on b."""
-    wd = workdir('libvirt-live')
-    hosts = Hosts(wd, 'a', 'b')
-    a, b = hosts[0], hosts[1]
-    try:
+    with two_hosts('libvirt-live') as (wd, a, b):
         xml = os.path.join(wd, 'mcg.xml')
         with open(xml, 'w') as f:
             f.write(domain_xml('mcg', wd))
@@ -47,20 +80,11 @@ def test_libvirt_live_migration():
         before = last_tick(serial)
         wait_for(lambda: last_tick(serial) >= before + 2, 60,
                  'the guest to tick on b')
-    except Exception:
-        print(a.daemon_log()[-3000:])
-        print(b.daemon_log()[-3000:])
-        print(a.qemu_log('mcg')[-2000:], b.qemu_log('mcg')[-2000:])
-        raise
-    finally:
-        hosts.close()
-    rm(wd)
 
 
-def mc_pair(wd, hosts, delay=50, policy='safe', before=None):
-    """The test guest started on host a, then protected by
-    virsh migrate --live --mc to host b (@before(a, b) runs first)."""
-    a, b = hosts[0], hosts[1]
+def mc_pair(wd, a, b, delay=50, policy='safe', before=None):
+    """The test guest started on host @a, then protected by
+    virsh migrate --live --mc to host @b (@before(a, b) runs first)."""
     xml = os.path.join(wd, 'mcg.xml')
     with open(xml, 'w') as f:
         f.write(domain_xml('mcg', wd, append='mc.dirty=16,2000'))
@@ -91,11 +115,8 @@ def test_libvirt_mc_failover_by_kill():
     migration job in phase MC (domjobinfo: unbounded).  kill -9 of a's
     QEMU: b's domain runs with reason 'mc failover' and the guest goes on
     from its last checkpoint."""
-    wd = workdir('libvirt-mc-kill')
-    hosts = Hosts(wd, 'a', 'b')
-    a, b = hosts[0], hosts[1]
-    try:
-        serial = mc_pair(wd, hosts)
+    with two_hosts('libvirt-mc-kill') as (wd, a, b):
+        serial = mc_pair(wd, a, b)
         assert a.domstate('mcg').startswith('running'), a.domstate('mcg')
         assert b.domstate('mcg') == 'paused (mc standby)', b.domstate('mcg')
         first = acked(a)
@@ -109,27 +130,13 @@ def test_libvirt_mc_failover_by_kill():
                       'Transfer average:'):
             assert label in info, info
 
-        with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
-            pid = int(f.read())
-        os.kill(pid, 9)
-        wait_for(lambda: b.domstate('mcg') == 'running (mc failover)', 60,
-                 'the standby to take over: %s' % b.domstate('mcg'))
-        before = last_tick(serial)
-        wait_for(lambda: last_tick(serial) >= before + 2, 60,
-                 'the guest to tick on b')
+        kill_primary(a)
+        wait_takeover(b, serial)
         wait_for(lambda: 'mcg' not in a.virsh('list', '--name').stdout.split(),
                  30, 'the primary to be gone on a')
         # the job ended with MC: nothing left running on b
         info = b.virsh('domjobinfo', 'mcg').stdout
         assert re.search(r'Job type:\s+None', info), info
-    except Exception:
-        print(a.daemon_log()[-4000:])
-        print(b.daemon_log()[-4000:])
-        print(a.qemu_log('mcg')[-2000:], b.qemu_log('mcg')[-2000:])
-        raise
-    finally:
-        hosts.close()
-    rm(wd)
 
 
 def refusals(a, b):
@@ -156,11 +163,8 @@ def test_libvirt_mc_domjobabort():
     """Refused combinations first (refusals()); then virsh domjobabort on
     the primary ends MC: the domain runs on, unprotected, and the job is
     over; the standby stays paused and can be destroyed."""
-    wd = workdir('libvirt-mc-abort')
-    hosts = Hosts(wd, 'a', 'b')
-    a, b = hosts[0], hosts[1]
-    try:
-        serial = mc_pair(wd, hosts, before=refusals)
+    with two_hosts('libvirt-mc-abort') as (wd, a, b):
+        serial = mc_pair(wd, a, b, before=refusals)
         first = acked(a)
         wait_for(lambda: acked(a) >= first + 3, 60, 'checkpoints')
         a.virsh('domjobabort', 'mcg')
@@ -174,13 +178,6 @@ def test_libvirt_mc_domjobabort():
         assert b.domstate('mcg') == 'paused (mc standby)', b.domstate('mcg')
         b.virsh('destroy', 'mcg')
         assert a.domstate('mcg').startswith('running'), a.domstate('mcg')
-    except Exception:
-        print(a.daemon_log()[-4000:])
-        print(b.daemon_log()[-4000:])
-        raise
-    finally:
-        hosts.close()
-    rm(wd)
 
 
 def test_libvirt_mc_daemon_restart():
@@ -188,11 +185,8 @@ def test_libvirt_mc_daemon_restart():
     runs, the standby stays paused as the standby, checkpoints go on, the
     job is still there), and a failover afterwards is still seen through
     libvirt."""
-    wd = workdir('libvirt-mc-restart')
-    hosts = Hosts(wd, 'a', 'b')
-    a, b = hosts[0], hosts[1]
-    try:
-        serial = mc_pair(wd, hosts)
+    with two_hosts('libvirt-mc-restart') as (wd, a, b):
+        serial = mc_pair(wd, a, b)
         for h in (a, b):
             h.stop()
             h.start()
@@ -203,21 +197,8 @@ def test_libvirt_mc_daemon_restart():
         first = acked(a)
         wait_for(lambda: acked(a) >= first + 3, 60, 'checkpoints')
 
-        with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
-            pid = int(f.read())
-        os.kill(pid, 9)
-        wait_for(lambda: b.domstate('mcg') == 'running (mc failover)', 60,
-                 'the standby to take over: %s' % b.domstate('mcg'))
-        before = last_tick(serial)
-        wait_for(lambda: last_tick(serial) >= before + 2, 60,
-                 'the guest to tick on b')
-    except Exception:
-        print(a.daemon_log()[-4000:])
-        print(b.daemon_log()[-4000:])
-        raise
-    finally:
-        hosts.close()
-    rm(wd)
+        kill_primary(a)
+        wait_takeover(b, serial)
 
 
 def test_libvirt_mc_failover_by_hand():
@@ -226,11 +207,8 @@ def test_libvirt_mc_failover_by_hand():
     role standby, reason peer-closed); virsh
     mc-failover on it, the new API, makes it take over.  mc-failover on a
     domain outside an MC pair is a clear error that changes nothing."""
-    wd = workdir('libvirt-mc-hand')
-    hosts = Hosts(wd, 'a', 'b')
-    a, b = hosts[0], hosts[1]
-    try:
-        serial = mc_pair(wd, hosts, policy='manual')
+    with two_hosts('libvirt-mc-hand') as (wd, a, b):
+        serial = mc_pair(wd, a, b, policy='manual')
         r = a.virsh('mc-failover', 'nosuchdomain', check=False)
         assert r.returncode != 0
         first = acked(a)
@@ -240,9 +218,7 @@ def test_libvirt_mc_failover_by_hand():
         events = os.path.join(wd, 'events')
         watcher = b.event_watcher('mc-peer-lost', events)
         time.sleep(1)
-        with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
-            pid = int(f.read())
-        os.kill(pid, 9)
+        kill_primary(a)
 
         def said():
             with open(events) as f:
@@ -257,23 +233,12 @@ def test_libvirt_mc_failover_by_hand():
         assert 'Unbounded' in info.stdout or info.returncode != 0, info
 
         b.virsh('mc-failover', 'mcg')
-        wait_for(lambda: b.domstate('mcg') == 'running (mc failover)', 60,
-                 'the standby to take over: %s' % b.domstate('mcg'))
-        before = last_tick(serial)
-        wait_for(lambda: last_tick(serial) >= before + 2, 60,
-                 'the guest to tick on b')
+        wait_takeover(b, serial)
         # now outside MC: refused, and the domain runs on
         r = b.virsh('mc-failover', 'mcg', check=False)
         assert r.returncode != 0 and 'not part of a micro-checkpointing' \
             in r.stderr, r.stderr
         assert b.domstate('mcg') == 'running (mc failover)'
-    except Exception:
-        print(a.daemon_log()[-4000:])
-        print(b.daemon_log()[-4000:])
-        raise
-    finally:
-        hosts.close()
-    rm(wd)
 
 
 GUEST_IP = '10.77.0.2'
@@ -286,24 +251,22 @@ class ClientNet:
     onto that bridge (libvirt creates each tap in its host's namespace;
     QEMU keeps its file descriptor when the device changes namespace)."""
 
-    def __init__(self, hosts):
+    def __init__(self):
         from lvhost import BRIDGE, sh
         self.sh, self.bridge = sh, BRIDGE
         self.ns = 'mcl-cl'
+        self.links = ['mclc0']
         sh('ip', 'link', 'set', BRIDGE, 'type', 'bridge', 'forward_delay',
            '0', 'stp_state', '0')
         sh('ip', 'netns', 'del', self.ns, check=False)
         sh('ip', 'netns', 'add', self.ns)
-        hosts.net.namespaces.append(self.ns)
         sh('ip', 'link', 'add', 'mclc0', 'type', 'veth', 'peer', 'name',
            'eth0', 'netns', self.ns)
-        hosts.net.links.append('mclc0')
         sh('ip', 'link', 'set', 'mclc0', 'master', BRIDGE, 'up')
         sh('ip', '-n', self.ns, 'addr', 'add', CLIENT_IP + '/24', 'dev',
            'eth0')
         sh('ip', '-n', self.ns, 'link', 'set', 'eth0', 'up')
         sh('ip', '-n', self.ns, 'link', 'set', 'lo', 'up')
-        self.hosts = hosts
 
     def plug(self, host, tap, name):
         """Move @host's @tap to the bridge as @name."""
@@ -314,12 +277,17 @@ class ClientNet:
         self.sh('ip', '-n', ns, 'link', 'set', tap, 'down')
         self.sh('ip', '-n', ns, 'link', 'set', tap, 'name', name)
         self.sh('ip', '-n', ns, 'link', 'set', name, 'netns', '1')
-        self.hosts.net.links.append(name)
+        self.links.append(name)
         self.sh('ip', 'link', 'set', name, 'master', self.bridge, 'up')
 
     def run_in(self, ns, argv, **kw):
         import subprocess
         return subprocess.Popen(['ip', 'netns', 'exec', ns] + argv, **kw)
+
+    def close(self):
+        self.sh('ip', 'netns', 'del', self.ns, check=False)
+        for link in self.links:
+            self.sh('ip', 'link', 'del', link, check=False)
 
 
 def test_libvirt_mc_client_survives_failover():
@@ -329,66 +297,59 @@ def test_libvirt_mc_client_survives_failover():
     host says 'Resumed MC failover', and the client's TCP connection goes
     on with no reset, gap or duplicate."""
     from mcnet import Client, problems
-    wd = workdir('libvirt-mc-net')
-    hosts = Hosts(wd, 'a', 'b')
-    a, b = hosts[0], hosts[1]
-    events = client = None
-    try:
-        net = ClientNet(hosts)
-        nic = ("<interface type='ethernet'><mac address='%s'/>"
-               "<target dev='mclg0'/><model type='virtio'/></interface>"
-               % GUEST_MAC)
-        xml = os.path.join(wd, 'mcg.xml')
-        with open(xml, 'w') as f:
-            f.write(domain_xml('mcg', wd, append='mc.ip=%s/24 '
-                               'mc.tcpserv=7000,20' % GUEST_IP,
-                               extra_devices=nic))
-        a.virsh('create', xml)
-        net.plug(a, 'mclg0', 'mclga')
-        serial = os.path.join(wd, 'mcg.serial')
+    with two_hosts('libvirt-mc-net') as (wd, a, b):
+        net = ClientNet()
+        events = client = None
+        try:
+            nic = ("<interface type='ethernet'><mac address='%s'/>"
+                   "<target dev='mclg0'/><model type='virtio'/></interface>"
+                   % GUEST_MAC)
+            xml = os.path.join(wd, 'mcg.xml')
+            with open(xml, 'w') as f:
+                f.write(domain_xml('mcg', wd, append='mc.ip=%s/24 '
+                                   'mc.tcpserv=7000,20' % GUEST_IP,
+                                   extra_devices=nic))
+            a.virsh('create', xml)
+            net.plug(a, 'mclg0', 'mclga')
+            serial = os.path.join(wd, 'mcg.serial')
 
-        def listening():
-            try:
-                with open(serial, errors='replace') as f:
-                    return 'mc-tcpserv: listening' in f.read()
-            except FileNotFoundError:
-                return False
-        wait_for(listening, 120, 'the guest server')
-        client = Client(net, net.ns, os.path.join(wd, 'client'), GUEST_IP,
-                        7000, 10)
-        client.wait(lambda evs: client.count() >= 20)
+            def listening():
+                try:
+                    with open(serial, errors='replace') as f:
+                        return 'mc-tcpserv: listening' in f.read()
+                except FileNotFoundError:
+                    return False
+            wait_for(listening, 120, 'the guest server')
+            client = Client(net, net.ns, os.path.join(wd, 'client'),
+                            GUEST_IP, 7000, 10)
+            client.wait(lambda evs: client.count() >= 20)
 
-        a.virsh('migrate', '--live', '--mc', '--mc-delay', '20', 'mcg',
-                b.uri, timeout=300)
-        net.plug(b, 'mclg0', 'mclgb')
-        events = b.event_watcher('lifecycle', os.path.join(wd, 'events'))
-        time.sleep(1)
-        n = client.count()
-        client.wait(lambda evs: client.count() >= n + 50)
+            a.virsh('migrate', '--live', '--mc', '--mc-delay', '20', 'mcg',
+                    b.uri, timeout=300)
+            net.plug(b, 'mclg0', 'mclgb')
+            events = b.event_watcher('lifecycle', os.path.join(wd, 'events'))
+            time.sleep(1)
+            n = client.count()
+            client.wait(lambda evs: client.count() >= n + 50)
 
-        n_kill = client.last_srv()
-        with open(a.root + '/run/libvirt/qemu/mcg.pid') as f:
-            os.kill(int(f.read()), 9)
+            n_kill = client.last_srv()
+            kill_primary(a)
 
-        def said():
-            with open(os.path.join(wd, 'events')) as f:
-                return "event 'lifecycle' for domain 'mcg': Resumed MC " \
-                       "failover" in f.read()
-        wait_for(said, 60, 'the lifecycle event on b')
-        assert b.domstate('mcg') == 'running (mc failover)'
-        client.wait(lambda evs: client.count() >= n_kill + 100 or
-                    problems(evs), timeout=60)
-        evs = client.stop()
-        assert not problems(evs), problems(evs)
-        assert client.last_srv() >= n_kill + 100, (client.last_srv(), n_kill)
-    except Exception:
-        print(a.daemon_log()[-3000:])
-        print(b.daemon_log()[-3000:])
-        raise
-    finally:
-        if client:
-            client.stop()
-        if events:
-            events.kill()
-        hosts.close()
-    rm(wd)
+            def said():
+                with open(os.path.join(wd, 'events')) as f:
+                    return "event 'lifecycle' for domain 'mcg': Resumed MC " \
+                           "failover" in f.read()
+            wait_for(said, 60, 'the lifecycle event on b')
+            assert b.domstate('mcg') == 'running (mc failover)'
+            client.wait(lambda evs: client.count() >= n_kill + 100 or
+                        problems(evs), timeout=60)
+            evs = client.stop()
+            assert not problems(evs), problems(evs)
+            assert client.last_srv() >= n_kill + 100, (client.last_srv(),
+                                                       n_kill)
+        finally:
+            if client:
+                client.stop()
+            if events:
+                events.kill()
+            net.close()
