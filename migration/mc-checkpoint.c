@@ -221,19 +221,22 @@ bool mc_primary_make_room(MCStaging *st, size_t len, void *opaque)
 /*
  * Slow the guest down while it dirties memory faster than the standby
  * takes checkpoints in, with auto-converge's parameters: a checkpoint
- * taken before there was room for it (mc_primary_wait_room) or that
- * waited for room in the pause raises the throttle; MC_THROTTLE_CALM
- * checkpoints in a row that did neither lower it.  A large checkpoint
- * alone does not: taking checkpoints earlier is the answer to a fast
- * dirtying rate (mc_primary_next_poll), the throttle to a rate the link
- * or the standby cannot keep up with.  Migration thread, after the
- * pause.
+ * taken before there was room for it (mc_primary_wait_room), that
+ * waited for room in the pause, or that filled more than three quarters
+ * of the whole buffer raises the throttle; MC_THROTTLE_CALM checkpoints
+ * in a row that did none of these lower it.  Taking checkpoints earlier
+ * (mc_primary_wait_epoch) is the answer to a fast dirtying rate, and
+ * keeps them near half the buffer; one much larger was taken late (the
+ * migration thread waited for a CPU or the BQL while the guest ran), and
+ * a little later still it would not have fitted at all, which ends MC.
+ * Migration thread, after the pause.
  */
 void mc_primary_throttle(MCSession *mc, size_t bytes)
 {
     int pct = mc->throttle_pct, old = pct;
+    size_t cap = mc->staging->capacity;
 
-    if (mc->room_waited || mc->room_short) {
+    if (mc->room_waited || mc->room_short || bytes > cap / 4 * 3) {
         pct = pct ? MIN(pct + migrate_cpu_throttle_increment(),
                         migrate_max_cpu_throttle()) :
                     migrate_cpu_throttle_initial();

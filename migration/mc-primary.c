@@ -275,11 +275,14 @@ static int64_t mc_primary_next_poll(MCSession *mc, size_t bytes, size_t half,
     double to_half;
 
     /*
-     * The first epoch (the rate is not known yet), and while the guest
-     * dirties fast enough to need early checkpoints or the throttle: its
-     * dirtying comes in bursts that no average predicts.
+     * The first epoch (the rate is not known yet: a sample taken while
+     * the vCPUs are just starting is far too low, and precopy's rate was
+     * measured under its throttle), and while the guest dirties fast
+     * enough to need early checkpoints or the throttle: its dirtying
+     * comes in bursts that no average predicts.
      */
-    if (mc->dirty_rate <= 0 || mc->last_early || mc->throttle_pct) {
+    if (!mc->stats.checkpoints || mc->dirty_rate <= 0 || mc->last_early ||
+        mc->throttle_pct) {
         return 1000;
     }
     if (bytes >= half) {
@@ -324,6 +327,7 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
     int64_t poll = MIN(MAX(migrate_mc_delay() * 1000LL / 8, 5000), 20000);
     int64_t next_poll = epoch_start_us +
         mc_primary_next_poll(mc, 0, mc_primary_free(mc) / 2, poll);
+    size_t last_bytes = 0;
 
     *early = false;
     for (;;) {
@@ -365,11 +369,22 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         }
         bytes = mc_primary_backlog();
         half = mc_primary_free(mc) / 2;
-        if (bytes > half) {
+        /*
+         * Early already if two more poll periods at the pace of the last
+         * one would pass half: the checkpoint is taken some time after
+         * this look (the pause needs the BQL and a CPU, both shared with
+         * the guest), and a guest this fast fills the other half in
+         * that time if it is a few milliseconds.
+         */
+        if (bytes > half || (bytes > last_bytes &&
+                             bytes + 2 * (bytes - last_bytes) > half)) {
             *early = true;
             return true;
         }
-        mc_primary_note_rate(mc, bytes, now - epoch_start_us);
+        last_bytes = bytes;
+        /* within an epoch the estimate only goes up (no decay) */
+        mc->dirty_rate = MAX(mc->dirty_rate,
+                             (double)bytes / MAX(now - epoch_start_us, 1));
         next_poll = now + mc_primary_next_poll(mc, bytes, half, poll);
         trace_mc_primary_poll(bytes, half, next_poll - now);
     }
