@@ -8,6 +8,7 @@
 #   make check-disk-long  build, then 20 kill -9 runs of the disk replication test
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
+#   make libvirt-debs  Debian's libvirt packages with our series (build/libvirt-debs)
 #
 # Layout: build/download (cached source package), build/src (base +
 # patches/ + overlay), build/qemu (meson build directory), build/guest.
@@ -75,7 +76,7 @@ NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/qtest/mc-test
 
 .PHONY: all setup base configure build guest check test check-disk-long demo bench debs \
-	libvirt \
+	libvirt libvirt-debs \
 	clean distclean
 
 all: build
@@ -121,6 +122,11 @@ libvirt:
 	@bash scripts/configure-once.sh $(LIBVIRT_OBJ) meson setup . $(LIBVIRT_SRC) \
 		$(LIBVIRT_CONFIGURE)
 	ninja -C $(LIBVIRT_OBJ) -j$(JOBS)
+
+# Debian 12's libvirt packages, built by Debian's packaging with our
+# series appended; they upgrade Debian's libvirt in place.
+libvirt-debs: setup
+	@bash scripts/build-libvirt-debs.sh $(BUILD)/libvirt-debs
 
 # The main job: a protected VM pair, the primary killed, the standby on.
 demo: setup

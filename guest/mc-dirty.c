@@ -10,6 +10,14 @@
  * Once a second prints "mc-dirty: t=<s> pages=<total> rate=<pages/s>" so a
  * host can see both that the guest runs and how fast it dirties memory.
  *
+ * With "check" (after or instead of "steady") each page holds the number
+ * of the round that last wrote it, and every write first checks that the
+ * page holds the previous round: the loop's position lives in registers
+ * and on the stack, the stamps in the pages, so a standby that resumed
+ * with memory and CPU state from different checkpoints (or a page lost
+ * or applied twice) shows up as "mc-dirty: MISMATCH ..." and a non-zero
+ * bad= count in the periodic line.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include <stdint.h>
@@ -30,23 +38,45 @@ int main(int argc, char **argv)
 {
     size_t mib = argc > 1 ? strtoul(argv[1], NULL, 0) : 32;
     double pps = argc > 2 ? strtod(argv[2], NULL) : 0;
-    int steady = argc > 3 && !strcmp(argv[3], "steady");
+    int steady = 0, check = 0;
     size_t pages = mib * 256, i = 0;
+    uint64_t round = 1, bad = 0;
     /* volatile: every store must reach memory, that is the workload */
     volatile uint8_t *buf = malloc(mib << 20);
     uint64_t total = 0, last_total = 0;
     double start = now(), last = start;
 
+    for (int a = 3; a < argc; a++) {
+        steady |= !strcmp(argv[a], "steady");
+        check |= !strcmp(argv[a], "check");
+    }
     if (!buf) {
         perror("mc-dirty: malloc");
         return 1;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (check) {
+        /* every page touched once, holding round 0 */
+        memset((void *)buf, 0, mib << 20);
+    }
     for (;;) {
         double t;
 
-        buf[i * 4096]++;
+        if (check) {
+            volatile uint64_t *stamp = (volatile uint64_t *)(buf + i * 4096);
+
+            if (*stamp != round - 1) {
+                printf("mc-dirty: MISMATCH page %zu holds round %llu, "
+                       "expected %llu\n", i, (unsigned long long)*stamp,
+                       (unsigned long long)(round - 1));
+                bad++;
+            }
+            *stamp = round;
+        } else {
+            buf[i * 4096]++;
+        }
         i = (i + 1) % pages;
+        round += i == 0;
         total++;
         if (total % 256) {
             continue;
@@ -68,9 +98,10 @@ int main(int argc, char **argv)
             }
         }
         if (t - last >= 1.0) {
-            printf("mc-dirty: t=%.0f pages=%llu rate=%.0f\n", t - start,
-                   (unsigned long long)total,
-                   (total - last_total) / (t - last));
+            printf("mc-dirty: t=%.0f pages=%llu rate=%.0f bad=%llu\n",
+                   t - start, (unsigned long long)total,
+                   (total - last_total) / (t - last),
+                   (unsigned long long)bad);
             last = t;
             last_total = total;
         }

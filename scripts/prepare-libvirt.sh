@@ -5,6 +5,7 @@
 #   2. unpack the upstream tarball and apply Debian's own patch series
 #      (so the result behaves like Debian 12's libvirt),
 #   3. apply our quilt series in libvirt/patches/ with no fuzz.
+# With --fetch-only: step 1 alone, and print the .dsc's path.
 # Incremental: Debian's tree is unpacked once per package version; a
 # changed series of ours is re-applied in place.
 set -euo pipefail
@@ -18,8 +19,8 @@ ours=$top/libvirt/patches
 mkdir -p "$dl"
 dsc=$(ls "$dl"/libvirt_9.0.*.dsc 2>/dev/null | head -n 1 || true)
 if [ -z "$dsc" ]; then
-    echo "prepare-libvirt: fetching the libvirt source package (apt-get source)"
-    (cd "$dl" && apt-get source --download-only -q libvirt/bookworm) || {
+    echo "prepare-libvirt: fetching the libvirt source package (apt-get source)" >&2
+    (cd "$dl" && apt-get source --download-only -q libvirt/bookworm >&2) || {
         echo "prepare-libvirt: apt-get source failed; run scripts/setup-host.sh first" >&2
         exit 1
     }
@@ -37,6 +38,12 @@ debtar=$dl/libvirt_$debver.debian.tar.xz
 for f in "$orig" "$debtar"; do
     [ -f "$f" ] || { echo "prepare-libvirt: $f is missing" >&2; exit 1; }
 done
+
+# build-libvirt-debs.sh needs the package only.
+if [ "${1:-}" = --fetch-only ]; then
+    echo "$dsc"
+    exit 0
+fi
 
 # Debian's tree: unpacked and patched only when the package changes.
 if [ ! -f "$src/.mc-libvirt-base" ] || [ "$(cat "$src/.mc-libvirt-base")" != "$debver" ]; then
