@@ -6,6 +6,8 @@
 #   make demo    set up, build, run a protected VM pair and fail it over
 #   make bench   set up, build, measure (docs/benchmarks.md, docs/bench/)
 #   make check-disk-long  build, then 20 kill -9 runs of the disk replication test
+#   make check-reliability  build, then the long reliability runs (about an
+#                hour): prints the table and writes docs/reliability.md
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
 #   make libvirt-debs  Debian's libvirt packages with our series (build/libvirt-debs)
@@ -76,6 +78,7 @@ NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/qtest/mc-test
 
 .PHONY: all setup base configure build guest check test check-disk-long demo bench debs \
+	check-reliability \
 	libvirt libvirt-debs \
 	clean distclean
 
@@ -110,6 +113,13 @@ check: setup
 check-disk-long: build guest
 	@MC_DISK_KILLS=20 MC_TEST_TIMEOUT=3600 /usr/bin/python3 tests/mc/run.py \
 		--suite functional test_disk_kill_primary_records
+
+# Failures injected hundreds of times (tests/mc/reliability.py; its short
+# form is in make check).  RELIABILITY_ARGS: e.g. --cases primary-kill
+# --runs 10 --seed 1 (then the table is printed, docs/ left alone).
+RELIABILITY_ARGS ?= --long --table docs/reliability.md
+check-reliability: build guest
+	@/usr/bin/python3 tests/mc/reliability.py $(RELIABILITY_ARGS)
 
 # Debian 12 packages of the fork, installable beside Debian's QEMU.
 debs: setup

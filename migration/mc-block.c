@@ -60,6 +60,7 @@
 #include "migration/register.h"
 #include "migration/qemu-file-types.h"
 #include "migration.h"
+#include "options.h"
 #include "qemu-file.h"
 #include "mc.h"
 #include "trace.h"
@@ -337,9 +338,19 @@ static int mc_block_wait_reply(QEMUFile *f, MCBlockState *st)
         qio_channel_read_all(ioc, msg, len, &err) < 0) {
         error_free(err);
         err = NULL;
-        error_setg(&err, "MC: the standby did not accept the disk list "
-                   "(it closed the connection: is it a QEMU with "
-                   "micro-checkpointing, started with the same disks?)");
+        /*
+         * Under TLS the standby checks this side's certificate (and
+         * tls-authz) after the handshake completed here: a refusal
+         * arrives as this close.
+         */
+        error_setg(&err, "MC: the standby closed the connection before it "
+                   "accepted the disk list (%s; its log says why)",
+                   migrate_tls() ?
+                   "did it refuse this side's TLS certificate (tls-authz)? "
+                   "is it a QEMU with micro-checkpointing, started with "
+                   "the same disks?" :
+                   "is it a QEMU with micro-checkpointing, started with "
+                   "the same disks?");
         migrate_set_error(migrate_get_current(), err);
         error_report_err(err);
         return -EIO;
