@@ -16,6 +16,7 @@
 #include "monitor/monitor.h"
 #include "migration.h"
 #include "options.h"
+#include "migration/mc-state.h"
 #include "mc.h"
 
 /* The visitor reads or writes the field, so one function serves both. */
@@ -50,6 +51,31 @@ bool migration_in_mc_state(void)
 {
     return qatomic_read(&migrate_get_current()->state) ==
            MIGRATION_STATUS_MC;
+}
+
+/* An MC session runs here, as primary or as standby. */
+static bool mc_running(void)
+{
+    MigrationIncomingState *mis = migration_incoming_get_current();
+
+    return migration_in_mc_state() ||
+           (mis && qatomic_read(&mis->state) == MIGRATION_STATUS_MC);
+}
+
+bool mc_cont_check(Error **errp)
+{
+    MigrationIncomingState *mis = migration_incoming_get_current();
+
+    /*
+     * Upstream's cont on an incoming side only sets autostart, which MC
+     * ignores: say so instead of answering success and doing nothing.
+     */
+    if (mis && qatomic_read(&mis->state) == MIGRATION_STATUS_MC) {
+        error_setg(errp, "This QEMU is a micro-checkpointing standby: its "
+                   "guest runs only on failover (mc-failover)");
+        return false;
+    }
+    return true;
 }
 
 bool migrate_mc_net_disable(void)
@@ -120,6 +146,16 @@ bool mc_caps_check(const bool *new_caps, Error **errp)
     };
     int i;
 
+    /*
+     * Upstream refuses capability changes only while an outgoing
+     * migration runs; an MC standby would take them, and the change
+     * would apply to the failover of a session set up without it.
+     */
+    if (mc_running()) {
+        error_setg(errp, "Micro-checkpointing is running: capabilities "
+                   "cannot change until it ends");
+        return false;
+    }
     if (!new_caps[MIGRATION_CAPABILITY_MC]) {
         if (new_caps[MIGRATION_CAPABILITY_MC_NET_DISABLE]) {
             error_setg(errp, "Capability 'mc-net-disable' requires 'mc'");

@@ -586,6 +586,120 @@ def tls_unauthorized(run, rng, wd):
         topo.close()
 
 
+MC_PARAMS = ('mc-delay', 'mc-max-buffer-size', 'mc-heartbeat-timeout',
+             'mc-failover-policy', 'mc-copy-threads')
+
+
+def snapshot(vm):
+    """What a refused command must leave as it was."""
+    mig = vm.qmp.cmd('query-migrate')
+    params = vm.qmp.cmd('query-migrate-parameters')
+    caps = {c['capability']: c['state']
+            for c in vm.qmp.cmd('query-migrate-capabilities')}
+    return {'status': mig.get('status'),
+            'mc-state': (mig.get('mc') or {}).get('state'),
+            'run': vm.qmp.cmd('query-status')['status'],
+            'params': {k: params.get(k) for k in MC_PARAMS},
+            'mc-cap': caps.get('mc')}
+
+
+def refused(run, vm, who, when, name, words, **args):
+    """@name on @vm must fail with a message naming one of @words and
+    change nothing."""
+    before = snapshot(vm)
+    resp = vm.qmp.cmd_raw(name, **args)
+    what = '%s %s on the %s %s' % (name, args or '', who, when)
+    if not run.check('error' in resp, '%s was accepted' % what):
+        return
+    desc = resp['error']['desc']
+    run.check(any(w.lower() in desc.lower() for w in words),
+              '%s: unclear error %r' % (what, desc))
+    after = snapshot(vm)
+    # a paused standby's acked counters move on, nothing else may
+    run.check(after == before, '%s changed %s -> %s' % (what, before,
+                                                        after))
+    run.fig['refused'] = run.fig.get('refused', 0) + 1
+
+
+BAD_PARAMS = (('mc-delay', -1, ('mc-delay', 'between')),
+              ('mc-delay', 60001, ('mc-delay', 'between')),
+              ('mc-max-buffer-size', 4096, ('mc-max-buffer-size',)),
+              ('mc-heartbeat-timeout', 0, ('mc-heartbeat-timeout',)),
+              ('mc-failover-policy', 'bogus', ('mc-failover-policy',
+                                               'bogus')),
+              ('mc-copy-threads', 0, ('mc-copy-threads',)))
+
+
+def management_input(run, rng, wd):
+    """MC commands and parameters at the wrong moment: before migrate,
+    on the wrong side, twice, during and after a failover, after MC
+    ended.  Each gets a clear error and changes nothing."""
+    pair = None
+    try:
+        pair = Pair(None, wd, nics=(), delay=rng.choice((10, 100)))
+        p, sb = pair.primary, pair.standby
+        # before migrate
+        refused(run, p, 'primary', 'before migrate', 'mc-failover',
+                ('not running',))
+        refused(run, sb, 'standby', 'before migrate', 'mc-failover',
+                ('not running',))
+        for name, value, words in BAD_PARAMS:
+            refused(run, p, 'primary', 'before migrate',
+                    'migrate-set-parameters', words, **{name: value})
+        pair.start_mc()
+        # during MC, each side
+        for vm, who in ((p, 'primary'), (sb, 'standby')):
+            refused(run, vm, who, 'during MC', 'migrate-set-capabilities',
+                    ('migration', 'progress', 'running'),
+                    capabilities=[{'capability': 'mc', 'state': False}])
+            for name, value, words in BAD_PARAMS:
+                refused(run, vm, who, 'during MC',
+                        'migrate-set-parameters', words, **{name: value})
+        refused(run, p, 'primary', 'during MC', 'migrate',
+                ('migration', 'progress', 'already'),
+                uri='tcp:127.0.0.1:%d' % pair.mig_port)
+        refused(run, p, 'primary', 'during MC', 'migrate-incoming',
+                ('incoming', 'migration'), uri='tcp:127.0.0.1:1')
+        refused(run, sb, 'standby', 'during MC', 'migrate',
+                ('incoming', 'migration', 'progress'),
+                uri='tcp:127.0.0.1:1')
+        refused(run, sb, 'standby', 'during MC', 'cont',
+                ('incoming', 'migration', 'mc'))
+        # a valid change during MC is taken
+        p.qmp.cmd('migrate-set-parameters', **{'mc-delay': 20})
+        run.check(p.qmp.cmd('query-migrate-parameters')['mc-delay'] == 20,
+                  'mc-delay not changed during MC')
+        # the primary drops its standby; twice: the second does nothing
+        p.qmp.cmd('mc-failover')
+        second = p.qmp.cmd_raw('mc-failover')
+        run.check('error' not in second or 'ending' in
+                  second['error']['desc'] or 'not running' in
+                  second['error']['desc'],
+                  'second mc-failover: %s' % second)
+        wait_for(lambda: p.qmp.cmd('query-migrate')['status'] != 'mc', 10)
+        st = p.qmp.cmd('query-migrate')['status']
+        run.check(st in ('completed', 'failed', 'cancelled'),
+                  'primary after mc-failover: %s' % st)
+        run.check(p.qmp.cmd('query-status')['status'] == 'running',
+                  'primary guest stopped')
+        # after MC ended, on both sides
+        refused(run, p, 'primary', 'after MC ended', 'mc-failover',
+                ('not running', 'ending'))
+        time.sleep(0.5)
+        if sb.proc.poll() is None:
+            run.check(sb.qmp.cmd('query-status')['status'] != 'running',
+                      'the standby runs after the primary left MC')
+            refused(run, sb, 'standby', 'after MC ended', 'mc-failover',
+                    ('not running', 'ending', 'stay stopped'))
+        # cancel after the end does nothing
+        p.qmp.cmd_raw('migrate_cancel')
+        run.check(p.qmp.cmd('query-status')['status'] == 'running',
+                  'migrate_cancel after MC stopped the guest')
+    finally:
+        if pair:
+            pair.close()
+
+
 def cases():
     c = [('primary-kill', primary_kill, 100, 2),
          ('standby-kill', standby_kill, 100, 2)]
@@ -598,7 +712,8 @@ def cases():
     for policy in ('safe', 'auto'):
         c.append(('kill-cut-%s' % policy,
                   lambda r, g, w, p=policy: kill_cut(r, g, w, p), 20, 1))
-    c += [('tls-kill', tls_kill, 20, 1),
+    c += [('management-input', management_input, 5, 1),
+          ('tls-kill', tls_kill, 20, 1),
           ('tls-unauthorized', tls_unauthorized, 5, 1)]
     return c
 
