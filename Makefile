@@ -42,7 +42,8 @@ QEMU_CONFIGURE := --target-list=x86_64-softmmu --without-default-features \
 # libvirt 9.0 (Debian 12's source package + Debian's patches + ours in
 # libvirt/patches): the QEMU and remote drivers, libvirtd/virtqemud and
 # virsh, laid out like Debian's (paths, legacy libvirtd mode), with the
-# unit tests of the areas our patches touch.
+# unit tests of the areas our patches touch, and the documentation
+# (Debian's package builds it: its scripts check every API's version).
 LIBVIRT_SRC := $(BUILD)/libvirt-src
 LIBVIRT_OBJ := $(BUILD)/libvirt
 LIBVIRT_CONFIGURE := --prefix=/usr --sysconfdir=/etc --localstatedir=/var \
@@ -61,7 +62,7 @@ LIBVIRT_CONFIGURE := --prefix=/usr --sysconfdir=/etc --localstatedir=/var \
 	-Dstorage_iscsi_direct=disabled -Dstorage_lvm=disabled \
 	-Dstorage_mpath=disabled -Dstorage_rbd=disabled -Dstorage_scsi=disabled \
 	-Dstorage_vstorage=disabled -Dstorage_zfs=disabled \
-	-Ddocs=disabled -Dnls=disabled -Ddtrace=disabled \
+	-Ddocs=enabled -Dnls=disabled -Ddtrace=disabled \
 	-Dwireshark_dissector=disabled -Dnss=disabled -Dlogin_shell=disabled \
 	-Dhost_validate=disabled -Dsasl=disabled -Dlibssh=disabled \
 	-Dlibssh2=disabled -Dpolkit=disabled -Dfirewalld=disabled \
@@ -77,7 +78,7 @@ LIBVIRT_CONFIGURE := --prefix=/usr --sysconfdir=/etc --localstatedir=/var \
 NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/qtest/mc-test
 
-.PHONY: all setup base configure build guest check test check-disk-long demo bench debs \
+.PHONY: all setup base configure build build-asan check-asan guest check test check-disk-long demo bench debs \
 	check-reliability \
 	libvirt libvirt-debs \
 	clean distclean
@@ -93,6 +94,15 @@ base:
 configure: base
 	@bash scripts/configure-once.sh $(OBJ) $(SRC)/configure $(QEMU_CONFIGURE) \
 		--with-pkgversion="$$(sed 's/^1://' $(BUILD)/base-version)-mc"
+
+# The same QEMU with AddressSanitizer and LeakSanitizer, for the soak
+# (make check-asan); only the emulator is built.
+ASAN_OBJ := $(BUILD)/qemu-asan
+build-asan: base
+	@bash scripts/configure-once.sh $(ASAN_OBJ) $(SRC)/configure $(QEMU_CONFIGURE) \
+		--enable-asan --with-pkgversion="$$(sed 's/^1://' $(BUILD)/base-version)-mc-asan"
+	ninja -C $(ASAN_OBJ) -j$(JOBS) qemu-system-x86_64
+	@bash scripts/link-firmware.sh $(ASAN_OBJ)
 
 build: configure
 	ninja -C $(OBJ) -j$(JOBS) $(NINJA_TARGETS)
@@ -134,9 +144,11 @@ libvirt:
 	ninja -C $(LIBVIRT_OBJ) -j$(JOBS)
 
 # Debian 12's libvirt packages, built by Debian's packaging with our
-# series appended; they upgrade Debian's libvirt in place.
-libvirt-debs: setup
+# series appended; they upgrade Debian's libvirt in place.  Then checked
+# in a scratch root: installed over Debian's, run, and Debian's back.
+libvirt-debs: setup build guest
 	@bash scripts/build-libvirt-debs.sh $(BUILD)/libvirt-debs
+	@/usr/bin/python3 tests/mc/check_libvirt_debs.py $(BUILD)/libvirt-debs
 
 # The main job: a protected VM pair, the primary killed, the standby on.
 demo: setup

@@ -210,12 +210,14 @@ class Pair:
     both sides.
     @topo None: no namespaces (nics must be empty), the migration channel
     on the host's loopback at a free port; needs no root.
+    @binary: the QEMU to run (default the build tree's).
     """
 
     def __init__(self, topo, wd, nics=('tap',), delay=100, net=True,
                  hb_timeout=10000, policy='safe', trace=None, mem='256M',
                  tcpserv_ms=20, app='', primary_extra=(), mc=True,
-                 machine='q35', role_args=None, more_caps=()):
+                 machine='q35', role_args=None, more_caps=(),
+                 binary=None):
         self.topo = topo
         self.mig_port = MIG_PORT if topo else free_port()
         append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
@@ -250,7 +252,8 @@ class Pair:
             self.vms[role] = VM(role, guest_args(append, mem=mem,
                                                  extra=extra,
                                                  machine=machine), wd,
-                                wrapper=wrapper)
+                                wrapper=wrapper,
+                                **({'binary': binary} if binary else {}))
             for i, kind in enumerate(nics):
                 if kind == 'tap':
                     topo.plug(topo.tap_name(role, i), topo.ns_of(role))

@@ -26,10 +26,18 @@ Cases (each run starts a fresh primary/standby pair of the test guest):
                  safe and manual two guests never run at once; under
                  auto a long cut leaves both running (as documented).
                  After a short cut MC carries on without a failover.
-  kill-cut-*     the link cut, then the primary killed: under safe the
-                 standby must not take over on its own (it reports
-                 MC_PEER_LOST and resumes on mc-failover); under auto it
-                 takes over.
+  kill-cut-*     the link cut, then the primary killed: under safe and
+                 manual the standby must not take over on its own (it
+                 reports MC_PEER_LOST and resumes on mc-failover); under
+                 auto it takes over.
+  management-input  MC commands and parameters at the wrong moment
+                 (before migrate, on the wrong side, twice, after MC
+                 ended): each a clear error that changes nothing.
+  tls-kill       MC over TLS (x509, the standby verifies the primary's
+                 certificate, tls-authz allows CN=primary), kill -9 of
+                 the primary.
+  tls-unauthorized  a primary with a valid certificate of the same CA
+                 but another name: refused by the standby, both say why.
 
 Phases of primary-kill (chosen at random; the kill follows within the
 time of one QMP round trip of seeing the condition):
@@ -709,7 +717,7 @@ def cases():
                                            policy),
                       lambda r, g, w, p=policy, lc=long_cut:
                       partition(r, g, w, p, lc), 20, 1))
-    for policy in ('safe', 'auto'):
+    for policy in POLICIES:
         c.append(('kill-cut-%s' % policy,
                   lambda r, g, w, p=policy: kill_cut(r, g, w, p), 20, 1))
     c += [('management-input', management_input, 5, 1),
