@@ -8,6 +8,7 @@
 #   make check-disk-long  build, then 20 kill -9 runs of the disk replication test
 #   make check-reliability  build, then the long reliability runs (about an
 #                hour): prints the table and writes docs/reliability.md
+#   make check-asan  build with ASan/LSan, then the 200,000-checkpoint soak
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
 #   make libvirt-debs  Debian's libvirt packages with our series (build/libvirt-debs)
@@ -103,6 +104,11 @@ build-asan: base
 		--enable-asan --with-pkgversion="$$(sed 's/^1://' $(BUILD)/base-version)-mc-asan"
 	ninja -C $(ASAN_OBJ) -j$(JOBS) qemu-system-x86_64
 	@bash scripts/link-firmware.sh $(ASAN_OBJ)
+
+# The soak: 200,000 checkpoints at mc-delay 0 with a dirtying guest and
+# traffic under ASan/LSan, RSS slopes of both QEMUs (tests/mc/soak.py).
+check-asan: build-asan guest
+	@/usr/bin/python3 tests/mc/soak.py --checkpoints $(or $(MC_SOAK_CHECKPOINTS),200000)
 
 build: configure
 	ninja -C $(OBJ) -j$(JOBS) $(NINJA_TARGETS)

@@ -43,14 +43,14 @@ static bool mc_standby_load_devices(MCSession *mc)
         return true;
     }
     mc->devices_pending = false;
-    object_ref(OBJECT(mc->devices));
+    /* the file takes a reference of its own; mc_session_free drops ours */
     f = qemu_file_new_input(QIO_CHANNEL(mc->devices));
     qemu_system_reset(SHUTDOWN_CAUSE_NONE);
     ret = qemu_load_device_state(f);
     if (ret >= 0) {
         ret = qemu_file_get_error(f);
     }
-    qemu_fclose(f);         /* drops the reference taken above */
+    qemu_fclose(f);
     trace_mc_standby_load_devices(mc->applied_epoch, ret);
     if (ret < 0) {
         Error *err = NULL;

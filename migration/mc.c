@@ -175,7 +175,9 @@ void mc_session_free(MCSession *mc)
     g_free(mc_last_stats);
     mc_last_stats = info;
 
-    qemu_fclose(mc->sfile);     /* drops its reference to the staging */
+    /* the file holds a reference of its own to the staging channel */
+    qemu_fclose(mc->sfile);
+    object_unref(OBJECT(mc->staging));
     if (mc->devices) {
         object_unref(OBJECT(mc->devices));
     }

@@ -66,8 +66,9 @@ def soak(checkpoints, qemu, max_slope, log=sys.stdout):
     """Returns (problems, figures)."""
     if not os.path.exists(qemu):
         raise Skip('%s is not built (make build-asan)' % qemu)
-    os.environ['ASAN_OPTIONS'] = ('detect_leaks=1:quarantine_size_mb=16:'
-                                  'print_summary=1')
+    # whole stacks in leak reports (glib has no frame pointers)
+    os.environ['ASAN_OPTIONS'] = ('detect_leaks=1:quarantine_size_mb=4:'
+                                  'print_summary=1:fast_unwind_on_malloc=0')
     os.environ['UBSAN_OPTIONS'] = 'print_stacktrace=1'
     topo = Topology()
     wd = workdir('soak')
@@ -77,6 +78,10 @@ def soak(checkpoints, qemu, max_slope, log=sys.stdout):
     try:
         pair = Pair(topo, wd, delay=0, binary=qemu, tcpserv_ms=10,
                     app='mc.dirty=16,20000,steady,check')
+        # a small staging ring is wholly touched (RSS warmed up) early
+        for vm in (pair.primary, pair.standby):
+            vm.qmp.cmd('migrate-set-parameters',
+                       **{'mc-max-buffer-size': 16 << 20})
         pair.start_mc(timeout=600)
         client = topo.client(os.path.join(wd, 'tcp'), interval=10)
         pids = {'primary': pair.primary.proc.pid,
