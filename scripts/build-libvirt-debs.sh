@@ -27,6 +27,8 @@ set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:?usage: build-libvirt-debs.sh OUTDIR}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
 build=${MC_BUILD_DIR:-$top/build}
 work=$build/libvirt-deb
 ours=$top/libvirt/patches
