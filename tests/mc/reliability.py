@@ -51,7 +51,7 @@ time of one QMP round trip of seeing the condition):
 
 Usage:
   reliability.py [--long] [--cases primary-kill,...] [--runs N]
-                 [--seed S] [--table FILE]
+                 [--counts CASE=N,...,default=N] [--seed S] [--table FILE]
 Without --long each case runs a few times (the short form, in make
 check through test_reliability.py); --long runs the counts of issue 13
 and, with --table, writes the table (docs/reliability.md).
@@ -249,6 +249,8 @@ def standby_kill(run, rng, wd):
     try:
         pair = Pair(topo, wd, delay=delay, app=DIRTY)
         pair.start_mc()
+        # from here on (precopy's own STOP is over) every event counts
+        pair.primary.qmp.events.clear()
         tcp = topo.client(os.path.join(wd, 'tcp'), interval=10)
         tcp.wait(lambda evs: len(srv(evs)) >= 20)
         time.sleep(rng.uniform(0.2, 2.0))
@@ -802,8 +804,8 @@ def run_case(name, fn, n, rng, log):
 
 TABLE_HEAD = '''# Reliability runs
 
-Written by `make check-reliability-long` (tests/mc/reliability.py
---long); do not edit by hand.  Each run starts a fresh pair; what each
+Written by `make check-reliability` (tests/mc/reliability.py --long
+--table docs/reliability.md); do not edit by hand.  Each run starts a fresh pair; what each
 case injects and checks is described at the top of reliability.py.
 "Lost" counts acknowledged disk records missing on the standby plus
 client streams that broke (gap, duplicate, reset) or stalled.
@@ -830,6 +832,8 @@ def main(argv=None):
     ap.add_argument('--runs', type=int, default=0)
     ap.add_argument('--seed', type=int, default=None)
     ap.add_argument('--table', default='')
+    ap.add_argument('--counts', default='',
+                    help='runs per case, e.g. primary-kill=100,default=5')
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
     rng = random.Random(seed)
@@ -841,8 +845,10 @@ def main(argv=None):
     t0 = time.time()
     print('seed %d' % seed, flush=True)
     summaries = []
+    counts = dict(kv.split('=') for kv in args.counts.split(',') if kv)
     for name, fn, n_long, n_short in chosen:
         n = args.runs or (n_long if args.long else n_short)
+        n = int(counts.get(name, counts.get('default', n)))
         if not n:
             continue
         try:
@@ -854,8 +860,11 @@ def main(argv=None):
             raise
         summaries.append(summarize(name, runs))
     minutes = (time.time() - t0) / 60
-    meta = ('Run on %s, %d host CPUs, seed %d, %.0f min in all.' % (
-        time.strftime('%Y-%m-%d'), os.cpu_count(), seed, minutes))
+    meta = ('Run on %s, %d host CPUs, seed %d, %.0f min in all; '
+            'arguments: `%s`.' % (time.strftime('%Y-%m-%d'), os.cpu_count(),
+                                   seed, minutes,
+                                   ' '.join(argv if argv is not None
+                                            else sys.argv[1:])))
     text = table(summaries, meta)
     print(text)
     if args.table:
