@@ -151,6 +151,9 @@ def main(debdir):
         step('OK')
         return 0
     finally:
+        # a check that failed half-way leaves no guest behind
+        root.run('virsh', '-c', 'qemu:///system', 'destroy', 'lvdebs',
+                 check=False)
         stop_daemon(root)
         root.close()
         shutil.rmtree(wd, ignore_errors=True)
