@@ -58,6 +58,7 @@ and, with --table, writes the table (docs/reliability.md).
 """
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -166,25 +167,43 @@ def stream_check(run, client, n_from, more, who):
     return evs
 
 
+@contextlib.contextmanager
+def streaming(wd, make_pair, link=None):
+    """A fresh topology (@link: the standby in its own namespace), the
+    pair make_pair(topo) builds with MC started, and a client streaming
+    through output commit; yields (topo, pair, clients), clients[0] being
+    that stream.  Clients the caller appends are stopped too."""
+    topo = Topology(link=link)
+    pair, clients = None, []
+    try:
+        pair = make_pair(topo)
+        pair.start_mc()
+        clients.append(topo.client(os.path.join(wd, 'tcp'), interval=10))
+        clients[0].wait(lambda evs: len(srv(evs)) >= 20)
+        yield topo, pair, clients
+    finally:
+        for c in clients:
+            c.stop()
+        if pair:
+            pair.close()
+        topo.close()
+
+
 def primary_kill(run, rng, wd):
     need_tools()
     delay = rng.choice(DELAYS)
     phase = rng.choice(PHASES)
     run.fig.update(delay=delay, phase=phase)
-    topo = Topology()
-    pair = tcp = disk = None
-    try:
-        p_img = make_fs_image(os.path.join(wd, 'primary.img'), 'raw')
-        s_img = make_empty_image(os.path.join(wd, 'standby.img'), 'raw')
-        pair = DiskPair(topo, wd, Disk(p_img), Disk(s_img), delay=delay,
-                        app=DIRTY)
-        pair.start_mc()
-        tcp = topo.client(os.path.join(wd, 'tcp'), interval=10)
+    p_img = make_fs_image(os.path.join(wd, 'primary.img'), 'raw')
+    s_img = make_empty_image(os.path.join(wd, 'standby.img'), 'raw')
+    with streaming(wd, lambda topo: DiskPair(
+            topo, wd, Disk(p_img), Disk(s_img), delay=delay,
+            app=DIRTY)) as (topo, pair, clients):
+        tcp = clients[0]
         disk = DiskClient(topo, os.path.join(wd, 'disk'))
-        tcp.wait(lambda evs: len(srv(evs)) >= 20)
+        clients.append(disk)
         disk.wait(lambda evs: len(disk.oks(evs)) >= 10)
         time.sleep(rng.uniform(0.2, 2.0))
-        qmp = pair.primary.qmp
         if phase == 'idle':
             wait_for(lambda: pair.mc()['in-flight'] == 0, 5, 0)
         elif phase == 'mid-send':
@@ -194,7 +213,6 @@ def primary_kill(run, rng, wd):
             wait_for(lambda: pair.mc()['acked'] != a0, 5, 0)
         t_kill = time.time()
         pair.primary.kill(signal.SIGKILL)
-        del qmp
         n_kill = len(srv(tcp.events()))
         ok_kill = disk.last_ok()
         serial0 = len(pair.standby.serial())
@@ -227,32 +245,20 @@ def primary_kill(run, rng, wd):
         memory_check(run, pair.standby, serial0, 'standby')
         oops_check(run, pair.standby, 'standby')
         disk.stop()
-        disk = None
         pair.standby.kill(signal.SIGKILL)
         rc, out = fsck(s_img, 'raw')
         run.check(rc == 0, 'e2fsck -fn exit %d: %s' % (rc, out[-3:]))
-    finally:
-        for c in (tcp, disk):
-            if c:
-                c.stop()
-        if pair:
-            pair.close()
-        topo.close()
 
 
 def standby_kill(run, rng, wd):
     delay = rng.choice(DELAYS)
     freeze = rng.random() < 0.5
     run.fig.update(delay=delay, frozen=freeze)
-    topo = Topology()
-    pair = tcp = None
-    try:
-        pair = Pair(topo, wd, delay=delay, app=DIRTY)
-        pair.start_mc()
+    with streaming(wd, lambda topo: Pair(topo, wd, delay=delay, app=DIRTY)
+                   ) as (topo, pair, clients):
+        tcp = clients[0]
         # from here on (precopy's own STOP is over) every event counts
         pair.primary.qmp.events.clear()
-        tcp = topo.client(os.path.join(wd, 'tcp'), interval=10)
-        tcp.wait(lambda evs: len(srv(evs)) >= 20)
         time.sleep(rng.uniform(0.2, 2.0))
         if freeze:
             os.kill(pair.standby.proc.pid, signal.SIGSTOP)
@@ -278,12 +284,6 @@ def standby_kill(run, rng, wd):
         run.check(not others, 'more events: %s' % others)
         memory_check(run, pair.primary, serial0, 'primary')
         oops_check(run, pair.primary, 'primary')
-    finally:
-        if tcp:
-            tcp.stop()
-        if pair:
-            pair.close()
-        topo.close()
 
 
 class Cut:
@@ -350,14 +350,11 @@ def partition(run, rng, wd, policy, long_cut):
     ms = HB_MS * (rng.uniform(1.5, 3.0) if long_cut else
                   rng.uniform(0.2, 0.6))
     run.fig.update(cut_ms=round(ms))
-    topo = Topology(link='10gbit')
-    pair = tcp = None
-    try:
-        pair = Pair(topo, wd, delay=rng.choice((10, 100)), policy=policy,
-                    hb_timeout=HB_MS, app=DIRTY)
-        pair.start_mc()
-        tcp = topo.client(os.path.join(wd, 'tcp'), interval=10)
-        tcp.wait(lambda evs: len(srv(evs)) >= 20)
+    with streaming(wd, lambda topo: Pair(
+            topo, wd, delay=rng.choice((10, 100)), policy=policy,
+            hb_timeout=HB_MS, app=DIRTY), link='10gbit') as (topo, pair,
+                                                              clients):
+        tcp = clients[0]
         sampler = Sampler(pair)
         with Cut(topo) as cut:
             cut.cut()
@@ -404,23 +401,14 @@ def partition(run, rng, wd, policy, long_cut):
             pair.primary.qmp.cmd('mc-failover')
         n = len(srv(tcp.events()))
         stream_check(run, tcp, n, 50, 'tcp')
-    finally:
-        if tcp:
-            tcp.stop()
-        if pair:
-            pair.close()
-        topo.close()
 
 
 def kill_cut(run, rng, wd, policy):
-    topo = Topology(link='10gbit')
-    pair = tcp = None
-    try:
-        pair = Pair(topo, wd, delay=rng.choice((10, 100)), policy=policy,
-                    hb_timeout=HB_MS, app=DIRTY)
-        pair.start_mc()
-        tcp = topo.client(os.path.join(wd, 'tcp'), interval=10)
-        tcp.wait(lambda evs: len(srv(evs)) >= 20)
+    with streaming(wd, lambda topo: Pair(
+            topo, wd, delay=rng.choice((10, 100)), policy=policy,
+            hb_timeout=HB_MS, app=DIRTY), link='10gbit') as (topo, pair,
+                                                              clients):
+        tcp = clients[0]
         sampler = Sampler(pair)
         with Cut(topo) as cut:
             cut.cut()
@@ -452,12 +440,6 @@ def kill_cut(run, rng, wd, policy):
         stream_check(run, tcp, n_kill, 100, 'tcp')
         memory_check(run, pair.standby, serial0, 'standby')
         oops_check(run, pair.standby, 'standby')
-    finally:
-        if tcp:
-            tcp.stop()
-        if pair:
-            pair.close()
-        topo.close()
 
 
 TEMPLATES = {
@@ -535,15 +517,11 @@ def tls_pair(topo, wd, rng, client_who):
 
 def tls_kill(run, rng, wd):
     """MC over TLS with an authorized primary, then kill -9 of it."""
-    topo = Topology()
-    pair = tcp = None
-    try:
-        pair = tls_pair(topo, wd, rng, 'primary')
-        pair.start_mc()
+    with streaming(wd, lambda topo: tls_pair(topo, wd, rng, 'primary')
+                   ) as (topo, pair, clients):
+        tcp = clients[0]
         params = pair.primary.qmp.cmd('query-migrate-parameters')
         run.check(params.get('tls-creds') == 'tls0', 'TLS not on')
-        tcp = topo.client(os.path.join(wd, 'tcp'), interval=10)
-        tcp.wait(lambda evs: len(srv(evs)) >= 20)
         time.sleep(rng.uniform(0.2, 2.0))
         t_kill = time.time()
         pair.primary.kill(signal.SIGKILL)
@@ -555,12 +533,6 @@ def tls_kill(run, rng, wd):
         stream_check(run, tcp, n_kill, 100, 'tcp')
         memory_check(run, pair.standby, serial0, 'standby')
         oops_check(run, pair.standby, 'standby')
-    finally:
-        if tcp:
-            tcp.stop()
-        if pair:
-            pair.close()
-        topo.close()
 
 
 def tls_unauthorized(run, rng, wd):
