@@ -77,7 +77,8 @@ LIBVIRT_CONFIGURE := --prefix=/usr --sysconfdir=/etc --localstatedir=/var \
 
 # Our unit tests and qtests are named test-mc-* / mc-*: add each one here.
 NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
-	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/qtest/mc-test
+	tests/unit/test-mc-wire tests/unit/test-mc-staging tests/unit/test-mc-verify \
+	tests/qtest/mc-test
 
 .PHONY: all setup base configure build build-asan check-asan guest check test check-disk-long demo bench debs \
 	check-reliability \

@@ -63,23 +63,14 @@
 #include "options.h"
 #include "qemu-file.h"
 #include "mc.h"
+#include "mc-block.h"
 #include "trace.h"
 
-/* Largest piece of a disk in one record; also the bounce buffer. */
-#define MC_BLK_CHUNK            (1 * MiB)
 /* Dirty tracking granularity: one guest page, the usual write unit. */
 #define MC_BLK_GRANULARITY      4096
 /* Bulk copy per iterate call, so that RAM gets its turn. */
 #define MC_BLK_ITERATE_MAX      (16 * MiB)
 #define MC_BLK_MAX_DISKS        64
-
-/* Records of the "mc-block" section */
-enum {
-    MC_BLK_END = 0,
-    MC_BLK_SETUP = 1,       /* the disk list */
-    MC_BLK_DATA = 2,        /* disk, offset, length, bytes */
-    MC_BLK_ZERO = 3,        /* disk, offset, length: reads as zeroes */
-};
 
 /* The standby's answer to the disk list, on the reverse channel */
 #define MC_BLK_REPLY_MAGIC      0x4d434252U     /* "MCBR" */
@@ -798,6 +789,13 @@ refuse:
     error_report_err(m.err);
     mc_block_free(st);
     return -EINVAL;
+}
+
+int64_t mc_block_standby_disk_size(uint32_t i)
+{
+    MCBlockState *st = &mc_block_in;
+
+    return (int64_t)i < st->ndisks && st->buf ? st->disks[i].size : -1;
 }
 
 /*

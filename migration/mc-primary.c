@@ -100,7 +100,7 @@ static void mc_ring_acked(MCSession *mc, uint64_t epoch)
  * and every later one after it (go back N: the standby refuses those
  * as out of order until it has the missing one, so their refusals need
  * nothing more).  False when MC must end: the standby failed to apply
- * a checkpoint, or refused one too often.  mc->lock.
+ * a checkpoint, found one malformed, or refused one too often.  mc->lock.
  */
 static bool mc_ring_refused(MCSession *mc, uint64_t epoch, uint32_t why)
 {
@@ -111,6 +111,14 @@ static bool mc_ring_refused(MCSession *mc, uint64_t epoch, uint32_t why)
     if (why == MC_NACK_APPLY_FAILED) {
         error_setg(&err, "MC: the standby failed to apply checkpoint %"
                    PRIu64, epoch);
+        mc_session_fail_locked(mc, err);
+        return false;
+    }
+    if (why == MC_NACK_MALFORMED) {
+        /* sending the same bytes again cannot help */
+        error_setg(&err, "MC: the standby refused checkpoint %" PRIu64
+                   " as malformed (do both sides run the same QEMU "
+                   "build?); it keeps the checkpoint before", epoch);
         mc_session_fail_locked(mc, err);
         return false;
     }

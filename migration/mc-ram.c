@@ -11,6 +11,7 @@
 #include "exec/ram_addr.h"
 #include "exec/ramblock.h"
 #include "exec/memory.h"
+#include "migration/misc.h"
 #include "ram.h"
 #include "mc.h"
 
@@ -113,4 +114,20 @@ uint64_t mc_bitmap_words_take(int64_t *harvest_us)
 
     mc_poll_words = 0;
     return words;
+}
+
+/*
+ * Bytes of RAM block @name an incoming page may land in, or -1 if the
+ * RAM loader would refuse the block (unknown, or not migrated).
+ */
+int64_t mc_ram_block_size(const char *name)
+{
+    RAMBlock *rb;
+
+    RCU_READ_LOCK_GUARD();
+    rb = qemu_ram_block_by_name(name);
+    if (!rb || !rb->host || migrate_ram_is_ignored(rb)) {
+        return -1;
+    }
+    return rb->used_length;
 }

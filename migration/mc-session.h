@@ -133,6 +133,7 @@ enum {
     MC_NACK_CORRUPT = 1,
     MC_NACK_ORDER = 2,
     MC_NACK_APPLY_FAILED = 3,
+    MC_NACK_MALFORMED = 4,      /* intact but not a checkpoint (mc-verify.c) */
 };
 
 /* Why the primary tells the standby to leave MC (STOP flags) */

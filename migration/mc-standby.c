@@ -4,11 +4,12 @@
  * mc_standby_co() runs in the incoming migration coroutine once the
  * initial state is loaded and yields until MC ends.  The "mc-rx" thread
  * receives each checkpoint whole into the staging buffer
- * (mc_checkpoint_receive), verifies it, acknowledges it and applies it
+ * (mc_checkpoint_receive), verifies its checksum and its form
+ * (mc_checkpoint_verify), acknowledges it and applies it
  * (mc_checkpoint_apply: RAM and disk writes now, with the BQL; the
  * device state is kept and loaded once, when the standby leaves MC, see
- * mc-failover.c).  A corrupt or out-of-order checkpoint is refused and
- * the last applied one stays.
+ * mc-failover.c).  A corrupt, malformed or out-of-order checkpoint is
+ * refused and the last applied one stays.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -16,6 +17,7 @@
 #include "qemu/osdep.h"
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
+#include "exec/target_page.h"
 #include "qapi/error.h"
 #include "qapi/qapi-events-mc.h"
 #include "migration/misc.h"
@@ -25,6 +27,8 @@
 #include "qemu-file.h"
 #include "savevm.h"
 #include "mc-session.h"
+#include "mc-block.h"
+#include "mc-verify.h"
 #include "trace.h"
 
 /*
@@ -44,27 +48,66 @@ static int mc_checkpoint_receive(MCSession *mc, const MCWireHeader *h,
     return ret;
 }
 
+static MCSectionKind mc_standby_section_kind(uint32_t section_id,
+                                             void *opaque)
+{
+    const char *idstr = qemu_loadvm_section_idstr(section_id);
+
+    if (!g_strcmp0(idstr, "ram")) {
+        return MC_SECTION_RAM;
+    }
+    if (!g_strcmp0(idstr, "mc-block")) {
+        return MC_SECTION_BLOCK;
+    }
+    return MC_SECTION_OTHER;
+}
+
+static int64_t mc_standby_ram_block_size(const char *name, void *opaque)
+{
+    return mc_ram_block_size(name);
+}
+
+static int64_t mc_standby_disk_size(uint32_t disk, void *opaque)
+{
+    return mc_block_standby_disk_size(disk);
+}
+
+static const MCVerifyOps mc_standby_verify_ops = {
+    .section_kind = mc_standby_section_kind,
+    .ram_block_size = mc_standby_ram_block_size,
+    .disk_size = mc_standby_disk_size,
+};
+
+/*
+ * Check that received checkpoint @h holds only what its loaders take,
+ * before anything of it is applied or acknowledged (mc-verify.h).
+ * BQL: the disk list and the section table are the main loop's.
+ */
+static int mc_checkpoint_verify(MCSession *mc, const MCWireHeader *h,
+                                MCVerifyResult *res, Error **errp)
+{
+    MCVerify v = {
+        .ops = &mc_standby_verify_ops,
+        .page_size = qemu_target_page_size(),
+        .footers = migrate_get_current()->send_section_footer,
+    };
+
+    return mc_verify_checkpoint(&v, mc->staging->data, h->len, res, errp);
+}
+
 /*
  * Apply a verified checkpoint: its RAM pages and disk writes now (BQL
  * held), its device state only kept.  Loading devices means resetting
  * them first, which costs more than the rest of an idle checkpoint, and
  * nothing reads the standby's devices before it leaves MC: they are
- * loaded once, from the last applied checkpoint, then.  The payload
- * ends with the offset of its device part (8 bytes, big endian).
+ * loaded once, from the last applied checkpoint, then.  Whatever fails
+ * here fails after the check above, in the loaders or the disks.
  */
-static int mc_checkpoint_apply(MCSession *mc, const MCWireHeader *h)
+static int mc_checkpoint_apply(MCSession *mc, const MCVerifyResult *v)
 {
-    uint64_t devices_at;
     int ret;
 
-    if (h->len < 8) {
-        return -EINVAL;
-    }
-    devices_at = ldq_be_p(mc->staging->data + h->len - 8);
-    if (devices_at > h->len - 8) {
-        return -EINVAL;
-    }
-    mc_staging_set_readable(mc->staging, devices_at);
+    mc_staging_set_readable(mc->staging, v->devices_at);
     ret = qemu_loadvm_state_main(mc->sfile, mc->mis);
     if (ret >= 0) {
         ret = qemu_file_get_error(mc->sfile);
@@ -79,9 +122,9 @@ static int mc_checkpoint_apply(MCSession *mc, const MCWireHeader *h)
             return -ENOMEM;
         }
     }
-    memcpy(mc->devices->data, mc->staging->data + devices_at,
-           h->len - 8 - devices_at);
-    mc_staging_set_readable(mc->devices, h->len - 8 - devices_at);
+    memcpy(mc->devices->data, mc->staging->data + v->devices_at,
+           v->devices_len);
+    mc_staging_set_readable(mc->devices, v->devices_len);
     mc->devices_pending = true;
     return 0;
 }
@@ -107,6 +150,7 @@ static void *mc_standby_rx_thread(void *opaque)
     mc_alloc_count_into(&allocs);
     for (;;) {
         Error *err = NULL;
+        MCVerifyResult vres;
         MCWireHeader h;
         int ret;
 
@@ -150,10 +194,19 @@ static void *mc_standby_rx_thread(void *opaque)
             continue;
         }
 
-        /* Whole and intact: acknowledge first, so output flows sooner. */
+        bql_lock();
+        ret = mc_checkpoint_verify(mc, &h, &vres, &err);
+        bql_unlock();
+        if (ret < 0) {
+            /* nothing of it was applied: the last checkpoint stays whole */
+            mc_standby_refuse(mc, h.epoch, MC_NACK_MALFORMED, err);
+            continue;
+        }
+
+        /* Whole and well formed: acknowledge first, so output flows sooner */
         mc_send(mc, MC_MSG_ACK, 0, h.epoch, NULL, 0, NULL);
         bql_lock();
-        ret = mc_checkpoint_apply(mc, &h);
+        ret = mc_checkpoint_apply(mc, &vres);
         bql_unlock();
         /* applying a large checkpoint is not silence */
         qatomic_set(&mc->transport->last_rx_us, mc_now_us());

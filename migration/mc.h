@@ -151,5 +151,7 @@ uint64_t mc_dirty_estimate(void);
  * its dirty-log sync took (mc-ram.c)
  */
 uint64_t mc_bitmap_words_take(int64_t *harvest_us);
+/* Bytes of RAM block @name incoming pages may land in, or -1 (mc-ram.c) */
+int64_t mc_ram_block_size(const char *name);
 
 #endif
