@@ -81,7 +81,7 @@ NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/qtest/mc-test
 
 .PHONY: all setup base configure build build-asan check-asan guest check test check-disk-long demo bench debs \
-	check-reliability \
+	check-reliability build-fuzz check-fuzz \
 	libvirt libvirt-debs \
 	clean distclean
 
@@ -110,6 +110,14 @@ build-asan: base
 # traffic under ASan/LSan, RSS slopes of both QEMUs (tests/mc/soak.py).
 check-asan: build-asan guest
 	@/usr/bin/python3 tests/mc/soak.py --checkpoints $(or $(MC_SOAK_CHECKPOINTS),200000)
+
+# The fuzzer on what an MC standby parses from the wire (libFuzzer with
+# ASan, LSan and UBSan; tests/mc/fuzz.py).  make check runs it 90 s.
+build-fuzz: build
+	@bash scripts/build-fuzz.sh $(BUILD)
+
+check-fuzz: build guest
+	@/usr/bin/python3 tests/mc/fuzz.py --rerecord --seconds $(or $(FUZZ_SECONDS),1800)
 
 build: configure
 	ninja -C $(OBJ) -j$(JOBS) $(NINJA_TARGETS)
