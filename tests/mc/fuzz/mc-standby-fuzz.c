@@ -426,3 +426,250 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     return 0;
 }
+
+/*
+ * A mutator that knows the format.  Byte-level mutations rarely hit the
+ * few bytes of structure among a checkpoint's page data, so half of the
+ * mutations change one field of a message, section or record (type,
+ * flags, ids, offsets, lengths, fill bytes, footers, the trailer), or
+ * drop or repeat a record, keeping the header's length and the trailer
+ * in step so the change reaches the check instead of the framing.
+ */
+
+#define MAX_FIELDS  4096
+
+typedef struct Field {
+    size_t at;
+    uint8_t len;
+} Field;
+
+typedef struct Record {
+    size_t start, end;      /* in the input */
+    size_t hdr;             /* its message's header */
+} Record;
+
+typedef struct Shape {
+    size_t size;            /* of the input */
+    Field fields[MAX_FIELDS];
+    int nfields;
+    Record records[MAX_FIELDS];
+    int nrecords;
+} Shape;
+
+static void shape_field(Shape *sh, size_t at, uint8_t len)
+{
+    if (sh->nfields < MAX_FIELDS && at + len <= sh->size) {
+        sh->fields[sh->nfields++] = (Field) { at, len };
+    }
+}
+
+static void shape_record(Shape *sh, size_t start, size_t end, size_t hdr)
+{
+    if (sh->nrecords < MAX_FIELDS) {
+        sh->records[sh->nrecords++] = (Record) { start, end, hdr };
+    }
+}
+
+/* Fields and records of one payload at @base (lenient: stops at junk) */
+static void shape_payload(Shape *sh, const Standby *s, const uint8_t *data,
+                          size_t base, size_t len, size_t hdr)
+{
+    Reader r = { .p = data + base, .len = len >= 8 ? len - 8 : 0 };
+
+    if (len >= 8) {
+        shape_field(sh, base + len - 8, 8);             /* the trailer */
+    }
+    while (!r.err && r.pos < r.len) {
+        size_t sec = r.pos;
+        uint8_t type = rd(&r, 1);
+        uint32_t id;
+
+        shape_field(sh, base + sec, 1);
+        if (type != QEMU_VM_SECTION_PART && type != QEMU_VM_SECTION_END) {
+            return;
+        }
+        shape_field(sh, base + r.pos, 4);
+        id = rd(&r, 4);
+        while (!r.err) {
+            size_t rec = r.pos;
+
+            if (id == s->ram_id) {
+                uint64_t word = rd(&r, 8);
+                unsigned flags = word & (PAGE - 1);
+
+                shape_field(sh, base + rec, 8);
+                shape_field(sh, base + rec + 6, 2);
+                if (r.err || flags & RAM_SAVE_FLAG_EOS) {
+                    break;
+                }
+                if (!(flags & RAM_SAVE_FLAG_CONTINUE)) {
+                    shape_field(sh, base + r.pos, 1);
+                    rd_bytes(&r, rd(&r, 1));
+                }
+                if (flags & RAM_SAVE_FLAG_ZERO) {
+                    shape_field(sh, base + r.pos, 1);
+                    rd(&r, 1);
+                } else {
+                    rd_bytes(&r, PAGE);
+                }
+            } else if (id == s->block_id) {
+                uint8_t t = rd(&r, 1);
+
+                shape_field(sh, base + rec, 1);
+                if (r.err || (t != MC_BLK_DATA && t != MC_BLK_ZERO)) {
+                    break;
+                }
+                shape_field(sh, base + r.pos, 4);
+                shape_field(sh, base + r.pos + 4, 8);
+                shape_field(sh, base + r.pos + 12, 4);
+                rd(&r, 8);
+                rd(&r, 8);
+                if (t == MC_BLK_DATA) {
+                    rd_bytes(&r, ldl_be_p(data + base + r.pos - 4));
+                }
+            } else {
+                return;
+            }
+            if (!r.err) {
+                shape_record(sh, base + rec, base + r.pos, hdr);
+            }
+        }
+        shape_field(sh, base + r.pos, 1);               /* footer mark */
+        shape_field(sh, base + r.pos + 1, 4);
+        rd(&r, 1);
+        rd(&r, 4);
+    }
+}
+
+static void shape_input(Shape *sh, const uint8_t *data, size_t size,
+                        Standby *s)
+{
+    Reader r = { .p = data, .len = size };
+
+    sh->nfields = sh->nrecords = 0;
+    sh->size = size;
+    if (!parse_standby(&r, s)) {
+        return;
+    }
+    while (size - r.pos >= MC_WIRE_HDR_SIZE) {
+        size_t hdr = r.pos;
+        uint64_t len = ldq_be_p(data + hdr + 24);
+
+        shape_field(sh, hdr + 6, 2);        /* type */
+        shape_field(sh, hdr + 16, 8);       /* epoch */
+        shape_field(sh, hdr + 24, 8);       /* length */
+        r.pos += MC_WIRE_HDR_SIZE;
+        if (len > size - r.pos) {
+            return;
+        }
+        shape_payload(sh, s, data, r.pos, len, hdr);
+        r.pos += len;
+    }
+}
+
+/*
+ * Insert (@delta > 0) or remove bytes at @at, inside the sections of the
+ * message whose header is at @hdr, and keep its length and trailer right.
+ */
+static size_t shape_splice(uint8_t *data, size_t size, size_t max_size,
+                           size_t hdr, size_t at, ssize_t delta)
+{
+    size_t payload = hdr + MC_WIRE_HDR_SIZE;
+    uint64_t len = ldq_be_p(data + hdr + 24);
+    uint64_t devices_at = ldq_be_p(data + payload + len - 8);
+
+    if (delta > 0) {
+        if (size + delta > max_size) {
+            return size;
+        }
+        memmove(data + at + delta, data + at, size - at);
+    } else {
+        memmove(data + at, data + at - delta, size - at + delta);
+    }
+    size += delta;
+    len += delta;
+    stq_be_p(data + hdr + 24, len);
+    stq_be_p(data + payload + len - 8, devices_at + delta);
+    return size;
+}
+
+size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
+                               unsigned int seed);
+
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
+                               unsigned int seed)
+{
+    static Shape sh;
+    Standby s;
+    GRand *rand;
+    size_t ret = size;
+
+    if (seed % 2) {
+        return LLVMFuzzerMutate(data, size, max_size);
+    }
+    shape_input(&sh, data, size, &s);
+    if (!sh.nfields) {
+        return LLVMFuzzerMutate(data, size, max_size);
+    }
+    rand = g_rand_new_with_seed(seed);
+    if (sh.nrecords && g_rand_int_range(rand, 0, 4) == 0) {
+        const Record *rec = &sh.records[g_rand_int_range(rand, 0,
+                                                         sh.nrecords)];
+        size_t n = rec->end - rec->start;
+
+        if (g_rand_boolean(rand)) {
+            /* drop it */
+            ret = shape_splice(data, size, max_size, rec->hdr, rec->start,
+                               -(ssize_t)n);
+        } else {
+            /* repeat it */
+            ret = shape_splice(data, size, max_size, rec->hdr, rec->end, n);
+            if (ret != size) {
+                memcpy(data + rec->end, data + rec->start, n);
+            }
+        }
+    } else {
+        const Field *f = &sh.fields[g_rand_int_range(rand, 0, sh.nfields)];
+        uint64_t v = 0;
+        int i;
+
+        for (i = 0; i < f->len; i++) {
+            v = v << 8 | data[f->at + i];
+        }
+        switch (g_rand_int_range(rand, 0, 5)) {
+        case 0:
+            v = ((uint64_t)g_rand_int(rand) << 32) | g_rand_int(rand);
+            break;
+        case 1:
+            v += g_rand_int_range(rand, -4, 5);
+            break;
+        case 2:
+            v = g_rand_int_range(rand, 0, 17);
+            break;
+        case 3:
+            v ^= 1ULL << g_rand_int_range(rand, 0, f->len * 8);
+            break;
+        default:
+            /* a value from another field of the same size */
+            for (i = 0; i < 8; i++) {
+                const Field *o = &sh.fields[g_rand_int_range(rand, 0,
+                                                             sh.nfields)];
+                if (o->len == f->len) {
+                    int j;
+
+                    for (v = 0, j = 0; j < o->len; j++) {
+                        v = v << 8 | data[o->at + j];
+                    }
+                    break;
+                }
+            }
+        }
+        for (i = f->len - 1; i >= 0; i--) {
+            data[f->at + i] = v;
+            v >>= 8;
+        }
+    }
+    g_rand_free(rand);
+    return ret;
+}
