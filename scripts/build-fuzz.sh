@@ -20,7 +20,8 @@ flags=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined
        -I"$obj" -I"$obj/qapi" -I"$obj/trace"
        -iquote "$obj" -iquote "$src" -iquote "$src/include"
        -iquote "$src/host/include/x86_64" -iquote "$src/host/include/generic"
-       -iquote "$src/migration" -isystem "$src/linux-headers"
+       -iquote "$src/migration" -iquote "$top/tests/mc/fuzz"
+       -isystem "$src/linux-headers"
        $(pkg-config --cflags glib-2.0))
 clang "${flags[@]}" -o "$out/mc-standby-fuzz.new" \
     "$src/migration/mc-wire.c" "$src/migration/mc-verify.c" \

@@ -43,6 +43,7 @@
 #include "mc-verify.h"
 #include "ram.h"
 #include "savevm.h"
+#include "libfuzzer.h"
 #include <zlib.h>
 
 #define PAGE            4096
@@ -592,10 +593,6 @@ static size_t shape_splice(uint8_t *data, size_t size, size_t max_size,
     stq_be_p(data + payload + len - 8, devices_at + delta);
     return size;
 }
-
-size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
-size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
-                               unsigned int seed);
 
 size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
                                unsigned int seed)
