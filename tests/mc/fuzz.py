@@ -133,7 +133,8 @@ def build():
 
 
 def fuzz(seconds, seeds=SEEDS, log=print):
-    """Step 2.  Returns libFuzzer's exit code (0: clean)."""
+    """Step 2.  Returns libFuzzer's exit code (0: clean) and its figures
+    (executions, seconds, corpus inputs, coverage edges)."""
     corpus = os.path.join(FUZZ, 'corpus')
     artifacts = os.path.join(FUZZ, 'artifacts') + '/'
     shutil.rmtree(corpus, ignore_errors=True)
@@ -155,12 +156,20 @@ def fuzz(seconds, seeds=SEEDS, log=print):
                     r'|.*passed the check)', line):
             log(line)
     found = sorted(set(os.listdir(artifacts)) - before)
+    stats = {'seconds': seconds, 'corpus': len(os.listdir(corpus))}
+    for line in lines:
+        m = re.match(r'stat::number_of_executed_units:\s+(\d+)', line)
+        if m:
+            stats['executions'] = int(m.group(1))
+        m = re.match(r'#\d+\s+DONE\s+cov: (\d+)', line)
+        if m:
+            stats['edges'] = int(m.group(1))
     if p.returncode or found:
         log('\n'.join(lines[-60:]))
         log('fuzzer exit %d; new artifacts: %s' % (p.returncode, found))
-        return p.returncode or 1
-    log('corpus: %d inputs' % len(os.listdir(corpus)))
-    return 0
+        return p.returncode or 1, stats
+    log('corpus: %d inputs' % stats['corpus'])
+    return 0, stats
 
 
 def main(argv=None):
@@ -177,7 +186,7 @@ def main(argv=None):
     if args.record_only:
         return 0
     build()
-    return fuzz(args.seconds)
+    return fuzz(args.seconds)[0]
 
 
 if __name__ == '__main__':

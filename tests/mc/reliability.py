@@ -40,6 +40,11 @@ Cases (each run starts a fresh primary/standby pair of the test guest):
                  but another name: refused by the standby, both say why.
   asan-soak      soak.py: 200,000 checkpoints at mc-delay 0 under ASan
                  and LeakSanitizer (make build-asan; long form only).
+  fuzz           fuzz.py: seeds recorded from a real pair, a checkpoint
+                 damaged after its pages (valid checksums) refused whole
+                 and the standby resuming from the one before, then the
+                 libFuzzer target on what the standby parses for 30 min
+                 (MC_REL_FUZZ_SECONDS; long form only).
 
 Phases of primary-kill (chosen at random; the kill follows within the
 time of one QMP round trip of seeing the condition):
@@ -52,9 +57,12 @@ time of one QMP round trip of seeing the condition):
 Usage:
   reliability.py [--long] [--cases primary-kill,...] [--runs N]
                  [--counts CASE=N,...,default=N] [--seed S] [--table FILE]
+                 [--merge-from OTHER_TABLE]
 Without --long each case runs a few times (the short form, in make
 check through test_reliability.py); --long runs the counts of issue 13
-and, with --table, writes the table (docs/reliability.md).
+and, with --table, writes the table (docs/reliability.md).  With
+--merge-from, another run's rows (its cases) and run line are added to
+--table's (a case run separately, or added after a long run).
 """
 
 import argparse
@@ -695,6 +703,27 @@ def asan_soak(run, rng, wd):
                     if k.startswith(('checkpoints', 'slope', 'minutes'))})
 
 
+def fuzz_case(run, rng, wd):
+    """fuzz.py as one run of the table: fresh seeds from a real pair and
+    its damaged-checkpoint check, then the fuzzer on what the standby
+    parses for MC_REL_FUZZ_SECONDS (1800)."""
+    import fuzz
+    seconds = int(os.environ.get('MC_REL_FUZZ_SECONDS', 1800))
+
+    def log(msg):
+        print('  ' + msg, flush=True)
+    try:
+        fuzz.record(wd, log=log)
+    except AssertionError as e:
+        run.problems.append('damaged checkpoint: %s' % e)
+        return
+    fuzz.build()
+    rc, stats = fuzz.fuzz(seconds, log=log)
+    run.fig.update({'fuzz_' + k: v for k, v in stats.items()})
+    run.check(rc == 0, 'the fuzzer found something (exit %d): see '
+              'build/fuzz/artifacts' % rc)
+
+
 def cases():
     c = [('primary-kill', primary_kill, 100, 2),
          ('standby-kill', standby_kill, 100, 2)]
@@ -708,6 +737,7 @@ def cases():
         c.append(('kill-cut-%s' % policy,
                   lambda r, g, w, p=policy: kill_cut(r, g, w, p), 20, 1))
     c += [('asan-soak', asan_soak, 1, 0),
+          ('fuzz', fuzz_case, 1, 0),
           ('management-input', management_input, 5, 1),
           ('tls-kill', tls_kill, 20, 1),
           ('tls-unauthorized', tls_unauthorized, 5, 1)]
@@ -742,6 +772,16 @@ def summarize(name, runs):
                             r.fig['checkpoints'], r.fig.get('minutes'),
                             r.fig.get('slope_primary_kib_per_10k'),
                             r.fig.get('slope_standby_kib_per_10k')))
+    for r in runs:
+        if 'fuzz_executions' in r.fig:
+            figs.append('%d inputs in %d min (%d/s), %s coverage edges, '
+                        'corpus %d; a checkpoint damaged after its pages '
+                        'refused whole, the standby resumed from the one '
+                        'before' % (
+                            r.fig['fuzz_executions'],
+                            r.fig['fuzz_seconds'] // 60,
+                            r.fig['fuzz_executions'] // r.fig['fuzz_seconds'],
+                            r.fig.get('fuzz_edges'), r.fig['fuzz_corpus']))
     for key in ('phase', 'delay'):
         v = [str(r.fig[key]) for r in runs if key in r.fig]
         if v:
@@ -797,6 +837,25 @@ def table(summaries, meta):
     return '\n'.join(out) + '\n'
 
 
+def merge_tables(mine, other):
+    """@mine with @other's run lines after its own and @other's rows
+    replacing or following its rows (by case)."""
+    def parts(text):
+        metas = [ln for ln in text.splitlines() if ln.startswith('Run on ')]
+        rows = [ln for ln in text.splitlines()
+                if ln.startswith('| ') and not ln.startswith('| case ')]
+        return metas, rows
+    m_meta, m_rows = parts(mine)
+    o_meta, o_rows = parts(other)
+    o_cases = {r.split('|')[1].strip(): r for r in o_rows}
+    rows = [o_cases.pop(r.split('|')[1].strip(), r) for r in m_rows]
+    rows += list(o_cases.values())
+    out = [TABLE_HEAD, '\n\n'.join(m_meta + o_meta), '',
+           '| case | runs | held | figures | lost | reproduce |',
+           '|---|---|---|---|---|---|'] + rows
+    return '\n'.join(out) + '\n'
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--long', action='store_true')
@@ -804,6 +863,10 @@ def main(argv=None):
     ap.add_argument('--runs', type=int, default=0)
     ap.add_argument('--seed', type=int, default=None)
     ap.add_argument('--table', default='')
+    ap.add_argument('--merge-from', default='',
+                    help='add the rows and run lines of this table file '
+                    '(another run\'s) to --table, replacing rows of the '
+                    'same cases; runs no case unless --cases says so')
     ap.add_argument('--counts', default='',
                     help='runs per case, e.g. primary-kill=100,default=5')
     args = ap.parse_args(argv)
@@ -811,6 +874,8 @@ def main(argv=None):
     rng = random.Random(seed)
     want = [c for c in args.cases.split(',') if c]
     chosen = [c for c in cases() if not want or c[0] in want]
+    if args.merge_from and not want:
+        chosen = []
     unknown = set(want) - {c[0] for c in cases()}
     if unknown:
         ap.error('unknown case(s): %s' % ', '.join(sorted(unknown)))
@@ -837,7 +902,15 @@ def main(argv=None):
                                    seed, minutes,
                                    ' '.join(argv if argv is not None
                                             else sys.argv[1:])))
-    text = table(summaries, meta)
+    text = table(summaries, meta) if chosen else ''
+    if args.merge_from:
+        with open(args.merge_from) as f:
+            other = f.read()
+        mine = text
+        if not mine and args.table and os.path.exists(args.table):
+            with open(args.table) as f:
+                mine = f.read()
+        text = merge_tables(mine, other)
     print(text)
     if args.table:
         with open(args.table, 'w') as f:
