@@ -697,10 +697,11 @@ def asan_soak(run, rng, wd):
     under ASan/LSan (make build-asan)."""
     import soak
     bad, fig = soak.soak(int(os.environ.get('MC_SOAK_CHECKPOINTS', 200000)),
-                         soak.ASAN_QEMU, 64.0, log=sys.stdout)
+                         soak.ASAN_QEMU, 1024, log=sys.stdout)
     run.problems += bad
     run.fig.update({k: v for k, v in fig.items()
-                    if k.startswith(('checkpoints', 'slope', 'minutes'))})
+                    if k.startswith(('checkpoints', 'slope', 'minutes',
+                                     'rss', 'ceiling'))})
 
 
 def fuzz_case(run, rng, wd):
@@ -767,11 +768,27 @@ def summarize(name, runs):
                            if 'samples' in r.fig)))
     for r in runs:
         if 'checkpoints' in r.fig:
-            figs.append('%d checkpoints in %s min, RSS slope per 10,000: '
-                        'primary %s KiB, standby %s KiB' % (
+            figs.append('%d checkpoints in %s min, RSS outside guest RAM '
+                        'and TCG: slope per 10,000 (after warm-up, +- '
+                        'standard error) primary %s +- %s KiB, standby %s +- '
+                        '%s KiB' % (
                             r.fig['checkpoints'], r.fig.get('minutes'),
                             r.fig.get('slope_primary_kib_per_10k'),
-                            r.fig.get('slope_standby_kib_per_10k')))
+                            r.fig.get('slope_primary_se_kib_per_10k'),
+                            r.fig.get('slope_standby_kib_per_10k'),
+                            r.fig.get('slope_standby_se_kib_per_10k')))
+            figs.append('RSS ceiling, second half against first: '
+                        'primary %+d KiB, standby %+d KiB' % (
+                            r.fig.get('ceiling_primary_kib', 0),
+                            r.fig.get('ceiling_standby_kib', 0)))
+            figs.append('RSS KiB first -> last (range after warm-up): '
+                        'primary %s, standby %s; slope of all RSS '
+                        '(guest RAM, TCG buffer included): primary %s, '
+                        'standby %s KiB' % (
+                            r.fig.get('rss_primary_kib'),
+                            r.fig.get('rss_standby_kib'),
+                            r.fig.get('slope_all_primary_kib_per_10k'),
+                            r.fig.get('slope_all_standby_kib_per_10k')))
     for r in runs:
         if 'fuzz_executions' in r.fig:
             figs.append('%d inputs in %d min (%d/s), %s coverage edges, '
@@ -837,11 +854,13 @@ def table(summaries, meta):
     return '\n'.join(out) + '\n'
 
 
-def merge_tables(mine, other):
+def merge_tables(mine, other, note=''):
     """@mine with @other's run lines after its own and @other's rows
-    replacing or following its rows (by case)."""
+    replacing or following its rows (by case); @note after the run
+    lines (why the rows were merged)."""
     def parts(text):
-        metas = [ln for ln in text.splitlines() if ln.startswith('Run on ')]
+        metas = [ln for ln in text.splitlines()
+                 if ln.startswith(('Run on ', 'Note: '))]
         rows = [ln for ln in text.splitlines()
                 if ln.startswith('| ') and not ln.startswith('| case ')]
         return metas, rows
@@ -850,7 +869,8 @@ def merge_tables(mine, other):
     o_cases = {r.split('|')[1].strip(): r for r in o_rows}
     rows = [o_cases.pop(r.split('|')[1].strip(), r) for r in m_rows]
     rows += list(o_cases.values())
-    out = [TABLE_HEAD, '\n\n'.join(m_meta + o_meta), '',
+    notes = ['Note: ' + note] if note else []
+    out = [TABLE_HEAD, '\n\n'.join(m_meta + o_meta + notes), '',
            '| case | runs | held | figures | lost | reproduce |',
            '|---|---|---|---|---|---|'] + rows
     return '\n'.join(out) + '\n'
@@ -867,6 +887,8 @@ def main(argv=None):
                     help='add the rows and run lines of this table file '
                     '(another run\'s) to --table, replacing rows of the '
                     'same cases; runs no case unless --cases says so')
+    ap.add_argument('--note', default='',
+                    help='with --merge-from: a line saying why')
     ap.add_argument('--counts', default='',
                     help='runs per case, e.g. primary-kill=100,default=5')
     args = ap.parse_args(argv)
@@ -910,7 +932,7 @@ def main(argv=None):
         if not mine and args.table and os.path.exists(args.table):
             with open(args.table) as f:
                 mine = f.read()
-        text = merge_tables(mine, other)
+        text = merge_tables(mine, other, args.note)
     print(text)
     if args.table:
         with open(args.table, 'w') as f:
