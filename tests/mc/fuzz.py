@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -36,7 +35,8 @@ sys.path.insert(0, HERE)
 import mcproxy  # noqa: E402
 from mcdisk import (DISK_SIZE, Disk, DiskPair, make_empty_image,  # noqa
                     make_fs_image, need_tools)
-from mcvm import BUILD, wait_migration, workdir  # noqa: E402
+from mcvm import (BUILD, DIRTY_LINE, MISMATCH, wait_for,  # noqa: E402
+                  wait_migration, workdir)
 
 TOP = os.path.abspath(os.path.join(HERE, '..', '..'))
 FUZZ = os.path.join(BUILD, 'fuzz')
@@ -44,18 +44,11 @@ SEEDS = os.path.join(FUZZ, 'seeds')
 TARGET = os.path.join(FUZZ, 'mc-standby-fuzz')
 # a slow, checked dirtying: small checkpoints (small seeds)
 DIRTY = 'mc.dirty=2,100,steady,check'
-DIRTY_LINE = re.compile(r'mc-dirty: t=\d+ pages=\d+ rate=\d+ bad=(\d+)')
-MISMATCH = re.compile(r'mc-dirty: MISMATCH[^\n]*')
 
 
-def wait_for(cond, timeout, what, step=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError('timed out waiting for ' + what)
+def expect(cond, timeout, what):
+    if not wait_for(cond, timeout):
+        raise AssertionError('timed out waiting for ' + what)
 
 
 def damage_last_footer(epoch, payload):
@@ -79,7 +72,7 @@ def record(wd, seeds=SEEDS, log=print):
     try:
         pair.primary.qmp.cmd('migrate', uri='tcp:127.0.0.1:%d' % proxy.port)
         wait_migration(pair.primary.qmp, 'mc', timeout=180)
-        wait_for(lambda: pair.mc()['acked'] >= 8, 60, '8 checkpoints')
+        expect(lambda: pair.mc()['acked'] >= 8, 60, '8 checkpoints')
         capacity = pair.standby.qmp.cmd(
             'query-migrate-parameters')['mc-max-buffer-size']
         n, blocks, disks = mcproxy.write_seeds(proxy, capacity, seeds)
@@ -90,10 +83,10 @@ def record(wd, seeds=SEEDS, log=print):
 
         # a well-formed checkpoint with one bad record at its end
         proxy.tamper = damage_last_footer
-        wait_for(lambda: proxy.tampered is not None, 30, 'the damage')
+        expect(lambda: proxy.tampered is not None, 30, 'the damage')
         bad = proxy.tampered
-        wait_for(lambda: pair.primary.qmp.cmd('query-migrate')['status'] ==
-                 'failed', 30, 'the primary to give up MC')
+        expect(lambda: pair.primary.qmp.cmd('query-migrate')['status'] ==
+               'failed', 30, 'the primary to give up MC')
         desc = pair.primary.qmp.cmd('query-migrate').get('error-desc', '')
         log('primary: %s' % desc)
         assert 'malformed' in desc and 'checkpoint %d' % bad in desc, desc
@@ -110,7 +103,7 @@ def record(wd, seeds=SEEDS, log=print):
         log('standby: %s' % ev['data'])
         assert ev['data']['epoch'] == bad - 1, ev
         assert pair.standby.qmp.cmd('query-status')['status'] == 'running'
-        wait_for(lambda: len(DIRTY_LINE.findall(
+        expect(lambda: len(DIRTY_LINE.findall(
             pair.standby.serial()[serial0:])) >= 2, 30,
             'two memory checks on the standby')
         reports = DIRTY_LINE.findall(pair.standby.serial()[serial0:])

@@ -15,12 +15,13 @@ import re
 import select
 import socket
 import struct
+import sys
 import threading
 import zlib
 
 HDR = 40
 MAGIC = b'QMCK'
-CHECKPOINT, HEARTBEAT, READY = 1, 2, 19
+CHECKPOINT, READY = 1, 19
 PRECOPY_KEEP = 1 << 20      # the sections' START records come first
 FUZZ_MAX_CAPACITY = 4 << 20
 
@@ -67,7 +68,7 @@ class MCProxy:
     def _run(self):
         try:
             self._forward()
-        except Exception as e:      # noqa: broad, reported by close()
+        except Exception as e:      # noqa: broad, said by close()
             self.error = e
 
     def _forward(self):
@@ -152,6 +153,9 @@ class MCProxy:
             s.close()
         self.lsock.close()
         self.thread.join(10)
+        if self.error:
+            print('mcproxy: the proxy thread failed: %r' % self.error,
+                  file=sys.stderr)
 
 
 def devices_at(payload):

@@ -6,6 +6,7 @@ Only the Python standard library is used, so the tests run with Debian's
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -192,6 +193,24 @@ def wait_migration(qmp, want, timeout=120, bad=('failed', 'cancelled')):
             raise AssertionError('migration went %s, wanted %s' % (st, want))
         time.sleep(0.1)
     raise TimeoutError('migration not %s after %ds' % (want, timeout))
+
+
+# What guest/mc-dirty prints in check mode: its reports (bad= counts
+# pages found from another round) and each page that does not match
+DIRTY_LINE = re.compile(r'mc-dirty: t=\d+ pages=\d+ rate=\d+ bad=(\d+)')
+MISMATCH = re.compile(r'mc-dirty: MISMATCH[^\n]*')
+
+
+def wait_for(cond, timeout, step=0.05):
+    """Poll @cond until it returns a true value, which is returned, or
+    until @timeout seconds have passed: then its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    return cond()
 
 
 def workdir(name):

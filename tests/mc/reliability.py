@@ -81,7 +81,7 @@ from mcdisk import (Disk, DiskClient, DiskPair, client_problems, fsck,  # noqa
                     make_empty_image, make_fs_image, need_tools)
 from mcnet import (LINK_HV_IP, LINK_SB_IP, Pair, Topology, problems,  # noqa
                    sh)
-from mcvm import Skip, workdir  # noqa
+from mcvm import DIRTY_LINE, MISMATCH, Skip, wait_for, workdir  # noqa
 
 DELAYS = (0, 1, 10, 100)
 PHASES = ('anytime', 'idle', 'mid-send', 'standby-apply')
@@ -90,10 +90,8 @@ HB_MS = 1000                    # heartbeat timeout in the partition cases
 DIRTY = 'mc.dirty=8,2000,steady,check'
 OOPS = re.compile(r'(?:Kernel panic|Oops|BUG:|general protection|'
                   r'EXT4-fs error|I/O error)[^\n]*')
-MISMATCH = re.compile(r'mc-dirty: MISMATCH[^\n]*')
 BAD_EVENTS = ('BLOCK_IO_ERROR', 'GUEST_PANICKED', 'GUEST_CRASHLOADED',
               'STOP', 'SHUTDOWN')
-DIRTY_LINE = re.compile(r'mc-dirty: t=\d+ pages=\d+ rate=\d+ bad=(\d+)')
 
 
 class Run:
@@ -125,16 +123,6 @@ def srv(evs):
 def event_time(ev):
     ts = ev['timestamp']
     return ts['seconds'] + ts['microseconds'] / 1e6
-
-
-def wait_for(cond, timeout, step=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
 
 
 def memory_check(run, vm, after_s, who):

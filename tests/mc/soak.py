@@ -41,12 +41,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mcnet import Pair, Topology, problems  # noqa: E402
-from mcvm import BUILD, Skip, wait_migration, workdir  # noqa: E402
+from mcvm import (BUILD, MISMATCH, Skip, wait_migration,  # noqa: E402
+                  workdir)
 
 ASAN_QEMU = os.path.join(BUILD, 'qemu-asan', 'qemu-system-x86_64')
 REPORTS = re.compile(r'(?:ERROR: AddressSanitizer|ERROR: LeakSanitizer|'
                      r'runtime error:|SUMMARY: \w+Sanitizer)[^\n]*')
-MISMATCH = re.compile(r'mc-dirty: MISMATCH[^\n]*')
 
 
 # Mappings this large are guest RAM, TCG's translation buffer or ASan's
