@@ -9,6 +9,8 @@
 #   make check-reliability  build, then the long reliability runs (about an
 #                hour): prints the table and writes docs/reliability.md
 #   make check-asan  build with ASan/LSan, then the 200,000-checkpoint soak
+#   make lab     the KVM lab image (a VM run under TCG with nested SVM)
+#   make check-lab  build, then every KVM test inside the lab
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
 #   make libvirt-debs  Debian's libvirt packages with our series (build/libvirt-debs)
@@ -81,7 +83,7 @@ NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/qtest/mc-test
 
 .PHONY: all setup base configure build build-asan check-asan guest check test check-disk-long demo bench debs \
-	check-reliability build-fuzz check-fuzz \
+	check-reliability build-fuzz check-fuzz lab check-lab \
 	libvirt libvirt-debs \
 	clean distclean
 
@@ -127,7 +129,7 @@ build: configure
 guest:
 	@bash scripts/build-guest.sh
 
-test: build guest libvirt
+test: build guest libvirt lab
 	@/usr/bin/python3 tests/mc/run.py
 
 check: setup
@@ -145,6 +147,21 @@ check-disk-long: build guest
 RELIABILITY_ARGS ?= --long --table docs/reliability.md
 check-reliability: build guest
 	@/usr/bin/python3 tests/mc/reliability.py $(RELIABILITY_ARGS)
+
+# The KVM lab: a Linux VM run under TCG with AMD SVM and nested paging,
+# in which KVM works (tests/lab/lab.py, docs/devel/mc-kvm-lab.rst).
+# make check runs a smoke of it (tests/mc/test_lab.py); check-lab runs
+# every functional test that applies with KVM guests, one lab boot.
+# LAB_TESTS: other run.py patterns.
+LAB_TESTS ?= test_consistency test_udp test_net test_pipeline \
+	test_precopy_smoke test_throttle test_disk test_reliability
+lab: build guest
+	@bash scripts/build-lab.sh
+
+check-lab: setup
+	@$(MAKE) --no-print-directory lab
+	@/usr/bin/python3 tests/lab/lab.py --name check-lab --timeout 5400 \
+		$(LAB_TESTS)
 
 # Debian 12 packages of the fork, installable beside Debian's QEMU.
 debs: setup
@@ -176,7 +193,7 @@ bench: setup
 	@/usr/bin/python3 bench/run.py
 
 clean:
-	rm -rf $(OBJ) $(BUILD)/guest $(BUILD)/test-logs
+	rm -rf $(OBJ) $(BUILD)/guest $(BUILD)/test-logs $(BUILD)/lab
 
 distclean:
 	rm -rf $(BUILD)

@@ -131,9 +131,20 @@ static bool mc_guest_pause(void)
     cpu_disable_ticks();
     pause_all_vcpus();
     /*
-     * It drops the BQL while it waits: a "stop" may have run meanwhile,
-     * and then the VM stays stopped.  Past this point the BQL is held
-     * until mc_guest_resume() (patches/tcg-dirty-sync-stopped-vcpus).
+     * KVM: fetch the vCPUs' registers now, before the output barrier.
+     * Saving the CPUs would do it later, each with a run_on_cpu() that
+     * drops the BQL while it waits, and the main loop would run there:
+     * device emulation (a NIC's transmit) after the barrier.  Fetched,
+     * they stay with QEMU (vcpu_dirty) until each vCPU runs again.
+     * Under TCG this does nothing.
+     */
+    cpu_synchronize_all_states();
+    /*
+     * Both drop the BQL while they wait: a "stop" may have run
+     * meanwhile, and then the VM stays stopped.  Past this point the
+     * BQL is held until mc_guest_resume() (patches/tcg-dirty-sync-
+     * stopped-vcpus), but for the KVM state-change handlers just
+     * below, which are still before the barrier.
      */
     if (!runstate_is_running()) {
         return false;

@@ -17,6 +17,10 @@ TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 BUILD = os.environ.get('MC_BUILD_DIR', os.path.join(TOP, 'build'))
 QEMU = os.path.join(BUILD, 'qemu', 'qemu-system-x86_64')
 GUEST = os.path.join(BUILD, 'guest')
+# The guests' accelerator: tcg on the host (its /dev/kvm cannot run a
+# guest), kvm inside the KVM lab (tests/lab/lab.py sets it); kvm's
+# options may follow, e.g. "kvm,dirty-ring-size=4096".
+ACCEL = os.environ.get('MC_TEST_ACCEL', 'tcg')
 
 
 class Skip(Exception):
@@ -165,12 +169,12 @@ class VM:
 
 
 def guest_args(append='', mem='256M', extra=(), machine='q35'):
-    """Command line for the Linux test guest under TCG."""
+    """Command line for the Linux test guest (under ACCEL)."""
     kernel = os.path.join(GUEST, 'vmlinuz')
     initrd = os.path.join(GUEST, 'initrd.img')
     if not os.path.exists(kernel):
         raise Skip('test guest not built (make guest)')
-    return ['-accel', 'tcg', '-machine', machine, '-m', mem,
+    return ['-accel', ACCEL, '-machine', machine, '-m', mem,
             '-kernel', kernel, '-initrd', initrd,
             '-append', 'console=ttyS0 panic=-1 quiet ' + append] + list(extra)
 

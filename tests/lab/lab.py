@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Run MC's tests with KVM guests, inside the KVM lab VM.
+
+The lab (scripts/build-lab.sh, make lab) is a Linux VM that this host
+runs under TCG with AMD SVM and nested paging emulated (-cpu EPYC), so
+KVM works inside it.  This script boots it, hands it a job in fw_cfg,
+copies its console to a log (and, with -v, to stdout), stops it after a
+time limit, and exits with the job's status.  The job is bash run in
+/lab, the lab's copy of this tree; by default it runs functional tests
+with KVM guests (MC_TEST_ACCEL=kvm):
+
+  lab.py test_consistency test_udp_failover   # run.py patterns
+  lab.py --shell 'python3 tests/mc/kvm_smoke.py'
+  lab.py --shell bash                          # (with -i) a shell inside
+
+Exit status: the job's, 124 after the time limit, 125 when the lab did
+not report one.  Figures measured inside are nested: compare them with
+each other, never with the host's.
+"""
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.abspath(os.path.join(HERE, '..', '..'))
+BUILD = os.environ.get('MC_BUILD_DIR', os.path.join(TOP, 'build'))
+QEMU = os.path.join(BUILD, 'qemu', 'qemu-system-x86_64')
+LAB = os.path.join(BUILD, 'lab')
+LOGS = os.path.join(LAB, 'logs')
+EXIT = 'mc-lab: exit '
+
+
+def job_script(args):
+    """The bash the lab runs in /lab."""
+    if args.shell:
+        body = args.shell
+    else:
+        env = 'MC_TEST_ACCEL=kvm'
+        if args.test_timeout:
+            env += ' MC_TEST_TIMEOUT=%d' % args.test_timeout
+        body = '%s python3 tests/mc/run.py --suite functional %s' % (
+            env, ' '.join(shlex.quote(p) for p in args.patterns))
+    extra = ''.join('export %s\n' % shlex.quote(e) for e in args.env)
+    return 'set -o pipefail\n%s%s\n' % (extra, body)
+
+
+def boot_cmd(args, job):
+    kernel = os.path.join(LAB, 'vmlinuz')
+    root = os.path.join(LAB, 'lab.cpio')
+    for f in (kernel, root, QEMU):
+        if not os.path.exists(f):
+            raise SystemExit('lab.py: %s is missing (make lab)' % f)
+    # TCG emulates SVM with nested paging on EPYC; without NPT KVM
+    # loads but a guest under shadow paging hardly runs.
+    return [QEMU, '-name', 'mc-lab', '-nodefaults', '-display', 'none',
+            '-machine', 'q35', '-accel', 'tcg,thread=multi',
+            '-cpu', 'EPYC,fxsr-opt=off,misalignsse=off,osvw=off,topoext=off,'
+            'nrip-save=off,xsavec=off', '-smp', str(args.cpus), '-m', args.mem,
+            '-kernel', kernel, '-initrd', root,
+            '-append', 'console=ttyS0 panic=-1 quiet loglevel=3',
+            '-fw_cfg', 'name=opt/mc-lab/job,file=' + job,
+            '-serial', 'stdio' if args.interactive else 'file:/dev/stdout',
+            '-no-reboot']
+
+
+def run(args):
+    os.makedirs(LOGS, exist_ok=True)
+    name = args.name or ('shell' if args.shell else
+                         '-'.join(args.patterns) or 'all')
+    log_path = os.path.join(LOGS, name[:80].replace('/', '_') + '.log')
+    with tempfile.NamedTemporaryFile('w', suffix='.sh', delete=False) as f:
+        f.write(job_script(args))
+        job = f.name
+    cmd = boot_cmd(args, job)
+    if args.interactive:
+        try:
+            return subprocess.call(cmd)
+        finally:
+            os.unlink(job)
+    rc = None
+    start = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    timer_expired = False
+    try:
+        with open(log_path, 'wb') as log:
+            os.set_blocking(proc.stdout.fileno(), False)
+            buf = b''
+            while True:
+                if time.time() - start > args.timeout:
+                    timer_expired = True
+                    break
+                data = proc.stdout.read(65536)
+                if data:
+                    log.write(data)
+                    log.flush()
+                    if args.verbose:
+                        sys.stdout.buffer.write(data)
+                        sys.stdout.flush()
+                    buf = (buf + data)[-4096:]
+                    for line in buf.decode(errors='replace').splitlines():
+                        if line.startswith(EXIT) and \
+                                line[len(EXIT):].strip().isdigit():
+                            rc = int(line[len(EXIT):])
+                elif proc.poll() is not None:
+                    break
+                else:
+                    time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.unlink(job)
+    took = time.time() - start
+    if timer_expired:
+        print('lab.py: %s: time limit (%ds) reached; console in %s' %
+              (name, args.timeout, log_path))
+        return 124
+    if rc is None:
+        print('lab.py: %s: the lab ended without a status (%.0fs); '
+              'console in %s' % (name, took, log_path))
+        return 125
+    print('lab.py: %s: exit %d in %.0fs; console in %s' % (name, rc, took,
+                                                             log_path))
+    return rc
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('patterns', nargs='*', help='run.py test patterns')
+    ap.add_argument('--shell', help='bash to run in /lab instead')
+    ap.add_argument('--name', help='the log is build/lab/logs/NAME.log')
+    ap.add_argument('--timeout', type=int, default=1800,
+                    help='seconds before the lab is stopped (1800)')
+    ap.add_argument('--test-timeout', type=int,
+                    help='run.py time limit per test inside')
+    ap.add_argument('--env', action='append', default=[],
+                    help='VAR=VALUE exported for the job')
+    ap.add_argument('--mem', default='6G')
+    ap.add_argument('--cpus', type=int, default=2)
+    ap.add_argument('-v', '--verbose', action='store_true',
+                    help='copy the console to stdout as well')
+    ap.add_argument('-i', '--interactive', action='store_true',
+                    help='console on this terminal, no time limit')
+    args = ap.parse_args()
+    if not args.shell and not args.patterns:
+        ap.error('name run.py patterns or --shell')
+    return run(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
