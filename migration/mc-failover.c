@@ -17,6 +17,7 @@
 #include "qapi/error.h"
 #include "qapi/qapi-commands-mc.h"
 #include "qapi/qapi-events-mc.h"
+#include "system/cpus.h"
 #include "system/runstate.h"
 #include "system/system.h"
 #include "migration.h"
@@ -40,6 +41,12 @@ static bool mc_standby_load_devices(MCSession *mc)
     int ret;
 
     if (!mc->devices_pending) {
+        /*
+         * No checkpoint applied: the guest goes on from what precopy
+         * loaded, whose vCPU state was not put then (savevm.c; under KVM
+         * putting it writes guest RAM).  Put it now.
+         */
+        cpu_synchronize_all_post_init();
         return true;
     }
     mc->devices_pending = false;

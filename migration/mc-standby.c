@@ -21,6 +21,7 @@
 #include "qapi/error.h"
 #include "qapi/qapi-events-mc.h"
 #include "migration/misc.h"
+#include "system/cpus.h"
 #include "system/runstate.h"
 #include "system/system.h"
 #include "migration.h"
@@ -251,6 +252,19 @@ static void *mc_standby_rx_thread(void *opaque)
  * the guest is to be resumed here (failover: the caller announces it and
  * starts it), false when it stays stopped.
  */
+/*
+ * Whether the incoming migration being loaded is an MC standby's, which
+ * does not put its vCPUs' state when precopy ends: it does so when it
+ * leaves MC (mc-failover.c), or in mc_standby_co() if MC cannot start.
+ * Under KVM the put writes guest RAM (the guest's wall clock), and the
+ * primary would never send that page again.  Not for loadvm.
+ */
+bool mc_standby_defers_cpu_put(void)
+{
+    return migrate_mc() &&
+           migration_incoming_get_current()->state == MIGRATION_STATUS_ACTIVE;
+}
+
 bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
 {
     MigrationState *s = migrate_get_current();
@@ -261,6 +275,7 @@ bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
 
     if (!mc) {
         /* the primary sees the link close before READY and runs on */
+        cpu_synchronize_all_post_init();    /* not done after precopy */
         migrate_set_error(s, err);
         error_report_err(err);
         qio_channel_shutdown(ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);

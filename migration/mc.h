@@ -76,6 +76,7 @@ bool migration_in_mc_state(void);
 void mc_primary_run(MigrationState *s);
 bool mc_primary_cancel(MigrationStatus old_state);
 bool coroutine_fn mc_standby_co(MigrationIncomingState *mis);
+bool mc_standby_defers_cpu_put(void);
 void mc_fill_info(MigrationInfo *info);
 
 /*
