@@ -161,7 +161,7 @@ lab: build guest
 check-lab: setup
 	@$(MAKE) --no-print-directory lab
 	@/usr/bin/python3 tests/lab/lab.py --name check-lab --timeout 5400 \
-		$(LAB_TESTS)
+		--env LAB_TESTS="$(LAB_TESTS)" --shell 'bash tests/lab/check-lab.sh'
 
 # Debian 12 packages of the fork, installable beside Debian's QEMU.
 debs: setup

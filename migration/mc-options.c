@@ -12,7 +12,6 @@
 #include "qapi/qapi-visit-mc.h"
 #include "qapi/visitor.h"
 #include "hw/qdev-properties.h"
-#include "system/kvm.h"
 #include "monitor/monitor.h"
 #include "migration.h"
 #include "options.h"
@@ -173,18 +172,6 @@ bool mc_caps_check(const bool *new_caps, Error **errp)
                        MigrationCapability_str(incompatible[i]));
             return false;
         }
-    }
-    /*
-     * Not validated: on the only KVM this project has (a software one),
-     * the standby's memory differed from the primary's after failover in
-     * 3 runs of 5 with the dirty ring, and upstream's own dirty-ring
-     * migration test does not finish there.  Refuse rather than protect
-     * a guest with a copy that may be wrong.
-     */
-    if (kvm_enabled() && kvm_dirty_ring_enabled()) {
-        error_setg(errp, "Capability 'mc' does not support KVM's dirty ring "
-                   "yet: start QEMU without 'dirty-ring-size'");
-        return false;
     }
     return true;
 }

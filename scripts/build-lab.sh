@@ -21,7 +21,8 @@ out=$build/lab
 obj=$build/qemu
 mkdir -p "$dl" "$out"
 
-for f in "$obj/qemu-system-x86_64" "$obj/qemu-img" "$build/guest/vmlinuz"; do
+for f in "$obj/qemu-system-x86_64" "$obj/qemu-img" "$obj/tests/qtest/mc-test" \
+         "$build/guest/vmlinuz"; do
     if [ ! -e "$f" ]; then
         echo "build-lab: $f is missing (make build guest)" >&2
         exit 1
@@ -30,6 +31,7 @@ done
 
 want=$( (cat "$0" "$top"/tests/lab/* "$top"/tests/mc/*.py \
          "$obj/qemu-system-x86_64" "$obj/qemu-img" \
+         "$obj/tests/qtest/mc-test" "$top"/bench/*.py \
          "$build/guest/vmlinuz" "$build/guest/initrd.img") | sha256sum |
        cut -d' ' -f1)
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$want" ] &&
@@ -138,17 +140,23 @@ cp "$work/k/boot/vmlinuz-$kver" "$out/vmlinuz.new"
 # guest, the tests.  /lab is the tests' top directory.
 lab=$root/lab
 mkdir -p "$lab/build/qemu" "$lab/build/guest" "$lab/tests"
-add_libs "$obj/qemu-system-x86_64" "$obj/qemu-img"
+add_libs "$obj/qemu-system-x86_64" "$obj/qemu-img" "$obj/tests/qtest/mc-test"
 cp "$obj/qemu-system-x86_64" "$obj/qemu-img" "$lab/build/qemu/"
-strip -g "$lab/build/qemu/qemu-system-x86_64" "$lab/build/qemu/qemu-img"
+mkdir -p "$lab/build/qemu/tests/qtest"
+cp "$obj/tests/qtest/mc-test" "$lab/build/qemu/tests/qtest/"
+strip -g "$lab/build/qemu/qemu-system-x86_64" "$lab/build/qemu/qemu-img" \
+    "$lab/build/qemu/tests/qtest/mc-test"
 cp -a "$obj/qemu-bundle" "$lab/build/qemu/"
 for d in /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu; do
     mkdir -p "$root$(dirname "$d")"
     cp -rL "$d" "$root$d"
 done
 cp "$build/guest/vmlinuz" "$build/guest/initrd.img" "$lab/build/guest/"
-mkdir -p "$lab/tests/mc"
+mkdir -p "$lab/tests/mc" "$lab/tests/lab"
 cp -a "$top"/tests/mc/*.py "$lab/tests/mc/"
+cp -a "$top"/tests/lab/*.sh "$lab/tests/lab/"
+mkdir -p "$lab/bench"
+cp -a "$top"/bench/*.py "$lab/bench/"
 install -m 755 "$top/tests/lab/init" "$root/init"
 echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 echo "root:x:0:" > "$root/etc/group"

@@ -116,11 +116,14 @@ def functional_cases():
     for path in sorted(glob.glob(os.path.join(HERE, 'test_*.py'))):
         mod = os.path.basename(path)[:-3]
         with open(path) as f:
-            funcs = re.findall(r'^def (test_\w+)\(', f.read(), re.M)
+            text = f.read()
+        funcs = re.findall(r'^def (test_\w+)\(', text, re.M)
+        # a module may need longer: TIMEOUT = SECONDS in it
+        own = re.search(r'^TIMEOUT = (\d+)', text, re.M)
         for fn in funcs:
             cases.append(Case('functional', '%s.%s' % (mod, fn),
                               [sys.executable, __file__, '--one', '%s:%s' % (mod, fn)],
-                              timeout))
+                              max(timeout, int(own.group(1)) if own else 0)))
     return cases
 
 

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""MC's pause with KVM guests, in the KVM lab (nested: ratios only).
+
+Run inside the lab (make lab-bench, or tests/lab/lab.py --shell
+'python3 bench/labbench.py'): every instruction there is emulated by
+TCG, so its figures mean something only against each other, never
+against the host's.  For each configuration a fresh pair of the test
+guest runs MC at mc-delay 100 for SECONDS while mc-dirty writes RATE
+pages/s; the pause of each checkpoint comes from the primary's trace
+(mc_checkpoint_take).  The baseline is the same guest stopped and
+started by QMP (stop, cont sent together; from the first command to
+the second reply), the pause any plain save would need at least.
+
+Configurations: KVM's dirty bitmap and dirty ring at 2,000 and 20,000
+dirty pages/s with 256 MiB of guest RAM, and the same dirty set with
+2 GiB.  Prints one table (medians and p99 in us, ratios against
+stop+cont) and writes it to build/lab-bench.md.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(TOP, 'tests', 'mc'))
+sys.path.insert(0, HERE)
+
+from mctrace import takes  # noqa: E402
+from mcnet import Pair, Topology  # noqa: E402
+from mcvm import VM, guest_args, workdir  # noqa: E402
+import mcvm  # noqa: E402
+
+SECONDS = int(os.environ.get('MC_LAB_BENCH_SECONDS', '8'))
+RING = 'kvm,dirty-ring-size=4096'
+CONFIGS = [  # (label, accel, guest RAM, dirty pages/s)
+    ('bitmap 256M 2000', 'kvm', '256M', 2000),
+    ('ring 256M 2000', RING, '256M', 2000),
+    ('bitmap 256M 20000', 'kvm', '256M', 20000),
+    ('ring 256M 20000', RING, '256M', 20000),
+    ('bitmap 2G 2000', 'kvm', '2G', 2000),
+    ('ring 2G 2000', RING, '2G', 2000),
+]
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
+
+
+def stop_cont(accel, mem, n=40):
+    """Microseconds from sending stop+cont to cont's reply, n times."""
+    mcvm.ACCEL = accel
+    wd = workdir('labbench-sc')
+    vm = VM('plain', guest_args('mc.dirty=16,2000', mem=mem), wd)
+    out = []
+    try:
+        vm.wait_serial('mc-guest: ready', timeout=120)
+        time.sleep(2)
+        q = vm.qmp
+        for _ in range(n):
+            t = time.monotonic()
+            q.sock.sendall(b'{"execute":"stop"}\n{"execute":"cont"}\n')
+            got = 0
+            while got < 2:
+                if 'return' in q._read():
+                    got += 1
+            out.append((time.monotonic() - t) * 1e6)
+            time.sleep(0.05)
+    finally:
+        vm.quit()
+    return out
+
+
+def mc_pauses(accel, mem, rate):
+    mcvm.ACCEL = accel
+    wd = workdir('labbench')
+    trace = os.path.join(wd, 'primary.trace')
+    events = os.path.join(wd, 'events')
+    with open(events, 'w') as f:
+        f.write('mc_checkpoint_take\n')
+    topo = Topology()
+    pair = None
+    try:
+        pair = Pair(topo, wd, delay=100, mem=mem, trace=(events, trace),
+                    app='mc.dirty=64,%d,steady' % rate)
+        pair.start_mc()
+        first = pair.mc()['checkpoints'] + 5
+        time.sleep(SECONDS)
+        last = pair.mc()['checkpoints']
+        polls = pair.mc().get('pause-polls')
+    finally:
+        if pair:
+            pair.close()
+        topo.close()
+    rows = takes(trace, first, last)
+    return [r[2] for r in rows], [r[0] for r in rows], polls
+
+
+def main():
+    lines = ['| configuration | checkpoints | dirty pages (median) | '
+             'pause p50 us | pause p99 us | stop+cont p50 us | '
+             'MC p50 / stop+cont | pause-polls |',
+             '|---|---|---|---|---|---|---|---|']
+    base = {}
+    for label, accel, mem, rate in CONFIGS:
+        key = (accel, mem)
+        if key not in base:
+            base[key] = statistics.median(stop_cont(accel, mem))
+        pauses, pages, polls = mc_pauses(accel, mem, rate)
+        if not pauses:
+            lines.append('| %s | 0 | | | | | | |' % label)
+            continue
+        p50 = statistics.median(pauses)
+        lines.append('| %s | %d | %d | %d | %d | %d | %.2f | %s |' % (
+            label, len(pauses), statistics.median(pages), p50,
+            pct(pauses, 99), base[key], p50 / base[key], polls))
+        print(lines[-1], flush=True)
+    text = '\n'.join(lines) + '\n'
+    print(text)
+    out = os.path.join(TOP, 'build', 'lab-bench.md')
+    with open(out, 'w') as f:
+        f.write(text)
+    print(json.dumps({'seconds': SECONDS}))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
