@@ -11,6 +11,7 @@
 #   make check-asan  build with ASan/LSan, then the 200,000-checkpoint soak
 #   make lab     the KVM lab image (a VM run under TCG with nested SVM)
 #   make check-lab  build, then every KVM test inside the lab
+#   make lab-bench  MC's pause under KVM against stop+cont, in the lab
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
 #   make libvirt-debs  Debian's libvirt packages with our series (build/libvirt-debs)
@@ -83,7 +84,7 @@ NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/qtest/mc-test
 
 .PHONY: all setup base configure build build-asan check-asan guest check test check-disk-long demo bench debs \
-	check-reliability build-fuzz check-fuzz lab check-lab \
+	check-reliability build-fuzz check-fuzz lab check-lab lab-bench \
 	libvirt libvirt-debs \
 	clean distclean
 
@@ -162,6 +163,14 @@ check-lab: setup
 	@$(MAKE) --no-print-directory lab
 	@/usr/bin/python3 tests/lab/lab.py --name check-lab --timeout 5400 \
 		--env LAB_TESTS="$(LAB_TESTS)" --shell 'bash tests/lab/check-lab.sh'
+
+# MC's pause with KVM guests against stop+cont, in the lab (nested:
+# ratios only): docs/bench/kvm-lab.md, part of docs/benchmarks.md.
+lab-bench: setup
+	@$(MAKE) --no-print-directory lab
+	@/usr/bin/python3 tests/lab/lab.py --name labbench --timeout 1800 \
+		--shell 'python3 bench/labbench.py'
+	@/usr/bin/python3 bench/labbench.py --from-log $(BUILD)/lab/logs/labbench.log
 
 # Debian 12 packages of the fork, installable beside Debian's QEMU.
 debs: setup
