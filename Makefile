@@ -152,17 +152,22 @@ check-reliability: build guest
 # The KVM lab: a Linux VM run under TCG with AMD SVM and nested paging,
 # in which KVM works (tests/lab/lab.py, docs/devel/mc-kvm-lab.rst).
 # make check runs a smoke of it (tests/mc/test_lab.py); check-lab runs
-# every functional test that applies with KVM guests, one lab boot.
-# LAB_TESTS: other run.py patterns.
+# every functional test that applies with KVM guests (LAB_TESTS, run.py
+# patterns) with KVM's dirty bitmap, those that depend on the harvest
+# (LAB_RING_TESTS) with its dirty ring, and the mc-test qtest cases
+# with both, each in a boot of its own (tests/lab/check-lab.sh).
 LAB_TESTS ?= test_consistency test_udp test_net test_pipeline \
 	test_precopy_smoke test_throttle test_disk test_reliability
+LAB_RING_TESTS ?= test_consistency test_udp test_net_failover \
+	test_disk_kill_primary_records test_pipeline test_throttle \
+	test_reliability
 lab: build guest
 	@bash scripts/build-lab.sh
 
 check-lab: setup
 	@$(MAKE) --no-print-directory lab
-	@/usr/bin/python3 tests/lab/lab.py --name check-lab --timeout 5400 \
-		--env LAB_TESTS="$(LAB_TESTS)" --shell 'bash tests/lab/check-lab.sh'
+	@LAB_TESTS="$(LAB_TESTS)" LAB_RING_TESTS="$(LAB_RING_TESTS)" \
+		bash tests/lab/check-lab.sh
 
 # MC's pause with KVM guests against stop+cont, in the lab (nested:
 # ratios only): docs/bench/kvm-lab.md, part of docs/benchmarks.md.
