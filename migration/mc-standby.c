@@ -247,12 +247,6 @@ static void *mc_standby_rx_thread(void *opaque)
 }
 
 /*
- * The standby.  Runs in the incoming migration coroutine (BQL held) once
- * the initial state is loaded; yields until MC ends.  Returns true when
- * the guest is to be resumed here (failover: the caller announces it and
- * starts it), false when it stays stopped.
- */
-/*
  * Whether the incoming migration being loaded is an MC standby's, which
  * does not put its vCPUs' state when precopy ends: it does so when it
  * leaves MC (mc-failover.c), or in mc_standby_co() if MC cannot start.
@@ -265,6 +259,12 @@ bool mc_standby_defers_cpu_put(void)
            migration_incoming_get_current()->state == MIGRATION_STATUS_ACTIVE;
 }
 
+/*
+ * The standby.  Runs in the incoming migration coroutine (BQL held) once
+ * the initial state is loaded; yields until MC ends.  Returns true when
+ * the guest is to be resumed here (failover: the caller announces it and
+ * starts it), false when it stays stopped.
+ */
 bool coroutine_fn mc_standby_co(MigrationIncomingState *mis)
 {
     MigrationState *s = migrate_get_current();
