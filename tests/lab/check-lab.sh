@@ -16,6 +16,15 @@ trap 'rm -f "$out"' EXIT
 $lab --each --accel kvm $LAB_TESTS | tee -a "$out"
 $lab --each --accel $ring $LAB_RING_TESTS | tee -a "$out"
 for accel in kvm $ring; do
+    name="kills-${accel//[,=]/-}"
+    if $lab --name "$name" --shell "bash tests/lab/smoke.sh $accel kills"; then
+        v=PASS
+    else
+        v=FAIL
+    fi
+    echo "$v lab $accel primary-kill x2" | tee -a "$out"
+done
+for accel in kvm $ring; do
     for t in $(QTEST_QEMU_BINARY=build/qemu/qemu-system-x86_64 \
              build/qemu/tests/qtest/mc-test -l | grep '^/'); do
         name="mc-test-${accel//[,=]/-}${t//\//-}"

@@ -1,4 +1,5 @@
-# One part of the lab's smoke (make check, tests/mc/test_lab.py), run in
+# One part of the lab's smoke (make check, tests/mc/test_lab.py, runs
+# udp and memory; kills is for make check-lab and by hand), run in
 # /lab: smoke.sh ACCEL PART, ACCEL kvm (KVM's dirty bitmap) or
 # kvm,dirty-ring-size=N (its dirty ring), PART one of
 #   udp      the exactly-once UDP check across kill -9 of the primary at
