@@ -15,8 +15,8 @@ with KVM guests (MC_TEST_ACCEL=kvm):
   lab.py -i --shell bash                       # a shell inside
 
 Exit status: the job's, 124 after the time limit, 125 when the lab did
-not report one, 126 when the lab's own kernel panicked (6 boots of
-about 40 so far, a kernel stack overrun under KVM_RUN: most likely TCG's
+not report one, 126 when the lab's own kernel panicked (9 boots of
+about 50 so far, a kernel stack overrun under KVM_RUN: most likely TCG's
 emulation of SVM; see docs/devel/mc-kvm-lab.rst).  Figures measured inside are nested: compare them with
 each other, never with the host's.
 """

@@ -28,8 +28,8 @@ PARTS = [(accel, part) for accel in ('kvm', 'kvm,dirty-ring-size=4096')
 
 def run_part(accel, part):
     """One boot of the lab for one part of tests/lab/smoke.sh; booted
-    again (at most twice) only when the lab's own kernel panicked (6
-    boots of about 40 here, most likely TCG's SVM emulation: see
+    again (at most twice) only when the lab's own kernel panicked (9
+    boots of about 50 here, most likely TCG's SVM emulation: see
     docs/devel/mc-kvm-lab.rst), which lab.py says."""
     name = 'smoke-%s-%s' % (accel.replace(',', '-').replace('=', ''), part)
     r = subprocess.run([sys.executable,
