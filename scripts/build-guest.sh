@@ -18,17 +18,7 @@ if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$want" ] &&
 fi
 
 # The kernel: whatever linux-image-cloud-amd64 points at, downloaded once.
-kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-       awk '/Depends: linux-image-/ { print $2; exit }')
-if [ -z "$kpkg" ]; then
-    echo "build-guest: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2
-    exit 1
-fi
-deb=$(ls "$dl/${kpkg}"_*.deb 2>/dev/null | head -n 1 || true)
-if [ -z "$deb" ]; then
-    (cd "$dl" && apt-get download -q "$kpkg")
-    deb=$(ls "$dl/${kpkg}"_*.deb | head -n 1)
-fi
+deb=$(bash "$top/scripts/kernel-deb.sh" linux-image-cloud-amd64 "$dl")
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -40,17 +40,7 @@ if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$want" ] &&
 fi
 
 # The kernel: whatever linux-image-amd64 points at, downloaded once.
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
-       awk '/Depends: linux-image-/ { print $2; exit }')
-if [ -z "$kpkg" ]; then
-    echo "build-lab: cannot resolve linux-image-amd64 (apt-get update?)" >&2
-    exit 1
-fi
-deb=$(ls "$dl/${kpkg}"_*.deb 2>/dev/null | head -n 1 || true)
-if [ -z "$deb" ]; then
-    (cd "$dl" && apt-get download -q "$kpkg")
-    deb=$(ls "$dl/${kpkg}"_*.deb | head -n 1)
-fi
+deb=$(bash "$top/scripts/kernel-deb.sh" linux-image-amd64 "$dl")
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
