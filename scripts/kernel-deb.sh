@@ -4,7 +4,7 @@
 # Usage: kernel-deb.sh META-PACKAGE DIR
 set -euo pipefail
 meta=$1 dl=$2
-kpkg=$(apt-cache depends "$meta" 2>/dev/null |
+kpkg=$( (apt-cache depends "$meta" 2>/dev/null || true) |
        awk '/Depends: linux-image-/ { print $2; exit }')
 if [ -z "$kpkg" ]; then
     echo "kernel-deb: cannot resolve $meta (apt-get update?)" >&2
