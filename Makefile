@@ -160,7 +160,7 @@ LAB_TESTS ?= test_consistency test_udp test_net test_pipeline \
 	test_precopy_smoke test_throttle test_disk test_reliability
 LAB_RING_TESTS ?= test_consistency test_udp test_net_failover \
 	test_disk_kill_primary_records test_pipeline test_throttle \
-	test_reliability
+	test_reliability test_dirty_bound
 lab: build guest
 	@bash scripts/build-lab.sh
 

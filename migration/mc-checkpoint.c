@@ -21,6 +21,7 @@
 #include "exec/cpu-common.h"
 #include "exec/target_page.h"
 #include "migration/global_state.h"
+#include "migration/mc-dirty-bound.h"
 #include "system/cpus.h"
 #include "system/cpu-timers.h"
 #include "system/runstate.h"
@@ -340,6 +341,11 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     mc_staging_rewind_at(mc->staging, base, limit);
     ram_mc_begin_checkpoint(mc->sfile);
     qemu_savevm_live_state(mc->sfile);
+    /* The dirty rings were reaped into it, the vCPUs stopped */
+    mc_dirty_bound_harvested();
+    qemu_mutex_lock(&mc->lock);
+    mc->bound_hit = false;
+    qemu_mutex_unlock(&mc->lock);
     /* The page copies were only recorded: do them, still paused */
     qemu_fflush(mc->sfile);
     saved_at = copy_start = mc_now_us();
@@ -390,6 +396,7 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     mc->pause_total_us += pause;
     mc->stats.pause_avg_us = mc->pause_total_us / mc->stats.checkpoints;
     mc->stats.dirty_pages_last = pages;
+    mc->stats.dirty_pages_max = MAX(mc->stats.dirty_pages_max, pages);
     mc->stats.copy_last_us = copy_us;
     mc->stats.copy_threads_last = threads;
     mc->stats.copy_parallel_checkpoints += threads > 1;

@@ -15,7 +15,9 @@
 #include "monitor/monitor.h"
 #include "migration.h"
 #include "options.h"
+#include "migration/mc-dirty-bound.h"
 #include "migration/mc-state.h"
+#include "system/runstate.h"
 #include "mc.h"
 
 /* The visitor reads or writes the field, so one function serves both. */
@@ -186,6 +188,11 @@ bool mc_transport_check(const MigrationAddress *addr, Error **errp)
 {
     if (!migrate_mc()) {
         return true;
+    }
+    /* The primary's bound, told before precopy (the standby has none) */
+    if (!runstate_check(RUN_STATE_INMIGRATE) &&
+        !mc_dirty_bound_check(migrate_mc_max_buffer_size(), errp)) {
+        return false;
     }
     switch (addr->transport) {
     case MIGRATION_ADDRESS_TYPE_RDMA:

@@ -21,6 +21,7 @@
 #include "qapi/error.h"
 #include "qapi/qapi-events-mc.h"
 #include "exec/target_page.h"
+#include "migration/mc-dirty-bound.h"
 #include "migration/misc.h"
 #include "system/cpu-throttle.h"
 #include "system/runstate.h"
@@ -320,10 +321,11 @@ static size_t mc_primary_free(MCSession *mc)
 /*
  * Wait until the next checkpoint is due: mc-delay after the start of the
  * last one, or earlier when the dirty data nears half of the free
- * staging buffer.  Returns false when MC must stop instead.
+ * staging buffer or a vCPU waits at the dirty ring's bound.  Returns
+ * false when MC must stop instead; else *@trigger says why now.
  */
 static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
-                                  int64_t epoch_start_us, bool *early)
+                                  int64_t epoch_start_us, MCTrigger *trigger)
 {
     /*
      * Poll the dirty set a few times per epoch, every 5 to 20 ms, or
@@ -337,15 +339,15 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         mc_primary_next_poll(mc, 0, mc_primary_free(mc) / 2, poll);
     size_t last_bytes = 0;
 
-    *early = false;
+    *trigger = MC_TRIGGER_INTERVAL;
     for (;;) {
         int64_t due = epoch_start_us + migrate_mc_delay() * 1000LL;
         int64_t now = mc_now_us();
         size_t bytes, half;
-        bool stop;
+        bool stop, bound;
 
         qemu_mutex_lock(&mc->lock);
-        if (!mc_primary_should_stop(mc, s) && now < due) {
+        if (!mc_primary_should_stop(mc, s) && now < due && !mc->bound_hit) {
             int64_t wait_us = MIN(due, next_poll) - now;
 
             if (wait_us >= 1000) {
@@ -364,9 +366,14 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
             }
         }
         stop = mc_primary_should_stop(mc, s);
+        bound = mc->bound_hit;
         qemu_mutex_unlock(&mc->lock);
         if (stop) {
             return false;
+        }
+        if (bound) {
+            *trigger = MC_TRIGGER_BOUND;
+            return true;
         }
         now = mc_now_us();
         if (now >= due) {
@@ -386,7 +393,7 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
          */
         if (bytes > half || (bytes > last_bytes &&
                              bytes + 2 * (bytes - last_bytes) > half)) {
-            *early = true;
+            *trigger = MC_TRIGGER_EARLY;
             return true;
         }
         last_bytes = bytes;
@@ -609,139 +616,153 @@ static void mc_guest_start(MigrationState *s)
 }
 
 /*
- * The never-ending migration.  Called on the migration thread with the
- * BQL held, right after precopy completed into state "mc" with the VM
- * stopped; returns with the BQL held and the VM running (or as the user
- * left it), having moved the migration state on.
+ * A vCPU's dirty ring is full at the bound (mc-dirty-bound.c) and it
+ * waits: take the checkpoint now.  vCPU thread, no BQL.
  */
-void mc_primary_run(MigrationState *s)
+static void mc_primary_bound_full(void *opaque)
 {
-    Error *err = NULL;
+    MCSession *mc = opaque;
+
+    qemu_mutex_lock(&mc->lock);
+    mc->bound_hit = true;
+    mc->stats.dirty_bound_stalls++;
+    qemu_cond_broadcast(&mc->cond);
+    qemu_mutex_unlock(&mc->lock);
+}
+
+/*
+ * The session, output held and threads started; or NULL with @errp set
+ * and the guest let go.  BQL held, the VM stopped.
+ */
+static MCSession *mc_primary_start(MigrationState *s, Error **errp)
+{
     MCSession *mc;
-    QIOChannel *ioc = qemu_file_get_ioc(s->to_dst_file);
-    uint64_t epoch = 0;
-    MCLossReason reason;
-    bool lost, cancelled, requested;
-    MigrationStatus end_state;
-    bool ready;
     int pct;
 
-    mc = mc_session_new(MC_ROLE_PRIMARY, ioc, &err);
+    mc = mc_session_new(MC_ROLE_PRIMARY, qemu_file_get_ioc(s->to_dst_file),
+                        errp);
     /* Hold guest output from the first instruction the guest runs in MC */
-    if (mc && !mc_participants_start(&err)) {
+    if (mc && !mc_participants_start(errp)) {
         mc_session_free(mc);
         mc = NULL;
     }
-    if (mc) {
-        mc_current = mc;
-        qatomic_set(&mc_primary_stop_told, false);
-        /*
-         * MC owns the vCPU throttle from here.  A guest that precopy had
-         * to throttle starts MC throttled as much (MC lowers it once its
-         * checkpoints are small); auto-converge's timer, which syncs the
-         * dirty log while the guest runs, ends.
-         */
-        pct = cpu_throttle_get_percentage();
-        cpu_throttle_stop();
-        mc->throttle_pct = pct;
-        mc->stats.throttle_percentage = pct;
-        mc->stats.throttle_max_percentage = pct;
-        mc_staging_set_room_fn(mc->staging, mc_primary_make_room, mc);
-        mc_checkpoint_setup(mc);
-        mc_transport_setup(mc->transport);
-        qemu_thread_create(&mc->rx_thread, "mc-rx", mc_primary_rx_thread,
-                           mc, QEMU_THREAD_JOINABLE);
-        mc->rx_started = true;
+    if (mc && !mc_dirty_bound_start(mc->staging->capacity,
+                                    mc_primary_bound_full, mc, errp)) {
+        mc_participants_stop();
+        mc_session_free(mc);
+        mc = NULL;
     }
-
     if (!mc) {
         mc_guest_start(s);
-        migrate_set_error(s, err);
-        error_report_err(err);
-        migrate_set_state(&s->state, MIGRATION_STATUS_MC,
-                          MIGRATION_STATUS_FAILED);
-        return;
+        return NULL;
     }
-    bql_unlock();
-
-    trace_mc_primary_start(mc->staging->capacity);
+    mc_current = mc;
+    qatomic_set(&mc_primary_stop_told, false);
+    mc->stats.dirty_bound_pages = mc_dirty_bound_pages();
     /*
-     * The guest stays paused until the standby has loaded the initial
-     * state: all it dirtied meanwhile would be in the first checkpoint,
-     * which must fit in the staging buffer like any other.
+     * MC owns the vCPU throttle from here.  A guest that precopy had to
+     * throttle starts MC throttled as much (MC lowers it once its
+     * checkpoints are small); auto-converge's timer, which syncs the
+     * dirty log while the guest runs, ends.
      */
-    ready = mc_primary_wait_ready(mc, s);
-    bql_lock();
-    mc_guest_start(s);
-    bql_unlock();
-    if (ready) {
-        int64_t start = mc_now_us();
+    pct = cpu_throttle_get_percentage();
+    cpu_throttle_stop();
+    mc->throttle_pct = pct;
+    mc->stats.throttle_percentage = pct;
+    mc->stats.throttle_max_percentage = pct;
+    mc_staging_set_room_fn(mc->staging, mc_primary_make_room, mc);
+    mc_checkpoint_setup(mc);
+    mc_transport_setup(mc->transport);
+    qemu_thread_create(&mc->rx_thread, "mc-rx", mc_primary_rx_thread,
+                       mc, QEMU_THREAD_JOINABLE);
+    mc->rx_started = true;
+    return mc;
+}
 
-        qemu_thread_create(&mc->hb_thread, "mc-hb", mc_hb_thread, mc,
-                           QEMU_THREAD_JOINABLE);
-        mc->hb_started = true;
-        mc->send_next = 1;
-        qemu_thread_create(&mc->tx_thread, "mc-tx", mc_primary_tx_thread,
-                           mc, QEMU_THREAD_JOINABLE);
-        mc->tx_started = true;
-        mc->run_start_us = start;
-        /* The next epoch begins as soon as the pause ends */
-        for (;;) {
-            int64_t pause_end;
-            size_t base, limit;
-            bool early;
+/*
+ * Checkpoint after checkpoint until MC must stop.  Returns the last
+ * epoch taken; @errp is set if a checkpoint could not be taken.  No BQL.
+ */
+static uint64_t mc_primary_loop(MCSession *mc, MigrationState *s,
+                                Error **errp)
+{
+    int64_t start = mc_now_us();
+    uint64_t epoch = 0;
 
-            if (!mc_primary_wait_epoch(mc, s, start, &early)) {
-                break;
-            }
-            if (!mc_primary_wait_room(mc, s, &base, &limit)) {
-                break;
-            }
-            epoch++;
-            bql_lock();
-            if (mc_checkpoint_take(mc, epoch, base, limit, &err) < 0) {
-                bql_unlock();
-                break;
-            }
-            mc_primary_throttle(mc, mc->staging->used);
+    qemu_thread_create(&mc->hb_thread, "mc-hb", mc_hb_thread, mc,
+                       QEMU_THREAD_JOINABLE);
+    mc->hb_started = true;
+    mc->send_next = 1;
+    qemu_thread_create(&mc->tx_thread, "mc-tx", mc_primary_tx_thread,
+                       mc, QEMU_THREAD_JOINABLE);
+    mc->tx_started = true;
+    mc->run_start_us = start;
+    /* The next epoch begins as soon as the pause ends */
+    for (;;) {
+        int64_t pause_end;
+        size_t base, limit;
+        MCTrigger trigger;
+
+        if (!mc_primary_wait_epoch(mc, s, start, &trigger)) {
+            break;
+        }
+        if (!mc_primary_wait_room(mc, s, &base, &limit)) {
+            break;
+        }
+        epoch++;
+        bql_lock();
+        if (mc_checkpoint_take(mc, epoch, base, limit, errp) < 0) {
             bql_unlock();
-            pause_end = mc_now_us();
-            qemu_mutex_lock(&mc->lock);
-            mc->ring[(mc->ring_first + mc->ring_count) % MC_RING_SLOTS] =
-                (MCSlot) {
-                    /* the checkpoint may have moved (make_room) */
-                    .epoch = epoch, .offset = mc->staging->base,
-                    .len = mc->staging->used, .pause_end_us = pause_end,
-                };
-            mc->ring_count++;
-            mc->taken_epoch = epoch;
-            mc->stats.in_flight = mc->ring_count;
-            mc->stats.in_flight_max = MAX(mc->stats.in_flight_max,
-                                          mc->ring_count);
-            mc->stats.early_checkpoints += early;
-            mc->last_early = early;
-            mc->stats.epoch_ms = (pause_end - start) / 1000;
-            qemu_cond_broadcast(&mc->cond);
-            qemu_mutex_unlock(&mc->lock);
-            start = pause_end;
-            mc_primary_note_rate(mc, mc->staging->used,
-                                 mc->pause_start_us - mc->run_start_us);
-            if (mc->vcpus_held) {
-                mc_primary_throttle_hold(mc, s,
-                                         mc->pause_start_us - mc->run_start_us);
-                start = mc_now_us();
-            }
-            mc->run_start_us = start;
+            break;
         }
-    } else {
+        mc_primary_throttle(mc, mc->staging->used);
+        bql_unlock();
+        pause_end = mc_now_us();
         qemu_mutex_lock(&mc->lock);
-        if (!mc_primary_should_stop(mc, s)) {
-            mc_session_lost(mc, MC_LOSS_REASON_HEARTBEAT_TIMEOUT);
-        }
+        mc->ring[(mc->ring_first + mc->ring_count) % MC_RING_SLOTS] =
+            (MCSlot) {
+                /* the checkpoint may have moved (make_room) */
+                .epoch = epoch, .offset = mc->staging->base,
+                .len = mc->staging->used, .pause_end_us = pause_end,
+            };
+        mc->ring_count++;
+        mc->taken_epoch = epoch;
+        mc->stats.in_flight = mc->ring_count;
+        mc->stats.in_flight_max = MAX(mc->stats.in_flight_max,
+                                      mc->ring_count);
+        mc->stats.early_checkpoints += trigger != MC_TRIGGER_INTERVAL;
+        mc->stats.dirty_bound_checkpoints += trigger == MC_TRIGGER_BOUND;
+        mc->last_early = trigger != MC_TRIGGER_INTERVAL;
+        mc->stats.epoch_ms = (pause_end - start) / 1000;
+        qemu_cond_broadcast(&mc->cond);
         qemu_mutex_unlock(&mc->lock);
-        error_setg(&err, "MC: the standby did not become ready");
+        start = pause_end;
+        mc_primary_note_rate(mc, mc->staging->used,
+                             mc->pause_start_us - mc->run_start_us);
+        if (mc->vcpus_held) {
+            mc_primary_throttle_hold(mc, s,
+                                     mc->pause_start_us - mc->run_start_us);
+            start = mc_now_us();
+        }
+        mc->run_start_us = start;
     }
+    return epoch;
+}
 
+/*
+ * MC is over: tell the standby, stop the threads, release the output
+ * and move the migration state on.  @err: why a checkpoint could not
+ * be taken, or NULL.  Called without the BQL, returns with it held.
+ */
+static void mc_primary_end(MCSession *mc, MigrationState *s, uint64_t epoch,
+                           Error *err)
+{
+    MCLossReason reason;
+    bool lost, cancelled, requested;
+    MigrationStatus end_state;
+
+    /* No vCPU waits for a checkpoint any more */
+    mc_dirty_bound_stop();
     qemu_mutex_lock(&mc->lock);
     if (err) {
         /* a checkpoint could not be taken: the guest runs unprotected */
@@ -831,8 +852,54 @@ void mc_primary_run(MigrationState *s)
     }
     trace_mc_primary_end(epoch, MigrationStatus_str(end_state));
     mc_checkpoint_end(mc);
-    error_free(err);
     mc_session_free(mc);
+}
+
+/*
+ * The never-ending migration.  Called on the migration thread with the
+ * BQL held, right after precopy completed into state "mc" with the VM
+ * stopped; returns with the BQL held and the VM running (or as the user
+ * left it), having moved the migration state on.
+ */
+void mc_primary_run(MigrationState *s)
+{
+    Error *err = NULL;
+    uint64_t epoch = 0;
+    MCSession *mc;
+    bool ready;
+
+    mc = mc_primary_start(s, &err);
+    if (!mc) {
+        migrate_set_error(s, err);
+        error_report_err(err);
+        migrate_set_state(&s->state, MIGRATION_STATUS_MC,
+                          MIGRATION_STATUS_FAILED);
+        return;
+    }
+    bql_unlock();
+
+    trace_mc_primary_start(mc->staging->capacity);
+    /*
+     * The guest stays paused until the standby has loaded the initial
+     * state: all it dirtied meanwhile would be in the first checkpoint,
+     * which must fit in the staging buffer like any other.
+     */
+    ready = mc_primary_wait_ready(mc, s);
+    bql_lock();
+    mc_guest_start(s);
+    bql_unlock();
+    if (ready) {
+        epoch = mc_primary_loop(mc, s, &err);
+    } else {
+        qemu_mutex_lock(&mc->lock);
+        if (!mc_primary_should_stop(mc, s)) {
+            mc_session_lost(mc, MC_LOSS_REASON_HEARTBEAT_TIMEOUT);
+        }
+        qemu_mutex_unlock(&mc->lock);
+        error_setg(&err, "MC: the standby did not become ready");
+    }
+    mc_primary_end(mc, s, epoch, err);
+    error_free(err);
 }
 
 /*

@@ -61,6 +61,13 @@ typedef struct MCSlot {
  *            waiting -> failover (mc-failover); failover -> stopped
  *            when the devices cannot be loaded
  */
+/* Why the primary takes a checkpoint now */
+typedef enum MCTrigger {
+    MC_TRIGGER_INTERVAL,        /* mc-delay since the last one */
+    MC_TRIGGER_EARLY,           /* the dirty set nears the free staging */
+    MC_TRIGGER_BOUND,           /* a vCPU waits at the dirty ring's bound */
+} MCTrigger;
+
 typedef struct MCSession {
     /* Set up once, read by every thread */
     MCRole role;
@@ -92,6 +99,8 @@ typedef struct MCSession {
     bool tx_stop;               /* the tx thread must end */
     Error *error;               /* the first error that ended MC */
     MCInfo stats;
+    /* A vCPU waits at the dirty bound (mc-dirty-bound.c) until harvested */
+    bool bound_hit;
     uint64_t pause_total_us, transfer_total_us;     /* for the averages */
 
     /* Standby: rx thread while it runs, then the main loop (BQL) */

@@ -355,9 +355,10 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
                    m->in_flight_max);
     monitor_printf(mon, "bytes: %" PRIu64 " total, %" PRIu64 " last\n",
                    m->bytes, m->last_bytes);
-    monitor_printf(mon, "dirty pages last epoch: %" PRIu64
-                   ", epoch length: %" PRIu64 " ms, early: %" PRIu64 "\n",
-                   m->dirty_pages_last, m->epoch_ms, m->early_checkpoints);
+    monitor_printf(mon, "dirty pages last epoch: %" PRIu64 " (at most %"
+                   PRIu64 "), epoch length: %" PRIu64 " ms, early: %" PRIu64
+                   "\n", m->dirty_pages_last, m->dirty_pages_max, m->epoch_ms,
+                   m->early_checkpoints);
     monitor_printf(mon, "staging: %" PRIu64 " bytes, high water %" PRIu64
                    "\n", m->staging_size, m->staging_high_water);
     monitor_printf(mon, "net: %" PRIu64 " NICs held, %" PRIu64
@@ -392,6 +393,12 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
     }
     monitor_printf(mon, "dirty-bitmap words read, last checkpoint: %" PRIu64
                    "\n", m->bitmap_words_last);
+    if (m->dirty_bound_pages) {
+        monitor_printf(mon, "dirty ring bound: %" PRIu64 " pages an epoch; "
+                       "vCPUs waited %" PRIu64 " times, %" PRIu64
+                       " checkpoints taken for them\n", m->dirty_bound_pages,
+                       m->dirty_bound_stalls, m->dirty_bound_checkpoints);
+    }
     if (m->pause_polls) {
         monitor_printf(mon, "checkpoints that polled the main loop after "
                        "their barrier: %" PRIu64 "\n", m->pause_polls);

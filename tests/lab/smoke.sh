@@ -6,7 +6,9 @@
 #            mc-delay 100, 10 and 0, and with a disk writer (it also fails
 #            on a checkpoint that polled the main loop after its output
 #            barrier)
-#   memory   the standby's memory against the primary's, page by page
+#   memory   the standby's memory against the primary's, page by page;
+#            with the ring, a guest dirtying faster than the buffer held
+#            by the ring's bound (test_dirty_bound)
 #   kills    kill -9 of the primary under a disk writer, a TCP stream and
 #            mc-dirty's check mode (reliability.py's primary-kill)
 # mc-delay 0 with a disk writer starves the guest in the lab (every
@@ -17,7 +19,8 @@ export MC_TEST_ACCEL=$1
 echo "mc-lab: accel $1, $2"
 case "$2" in
 udp) exec python3 tests/mc/run.py --suite functional test_udp_failover ;;
-memory) exec python3 tests/mc/run.py --suite functional test_consistency ;;
+memory) exec python3 tests/mc/run.py --suite functional test_consistency \
+           test_dirty_bound ;;
 kills) exec python3 tests/mc/reliability.py --cases primary-kill --runs 2 ;;
 *) echo "smoke.sh: no part $2"; exit 2 ;;
 esac

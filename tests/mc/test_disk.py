@@ -111,6 +111,9 @@ def kill_run(name, fmt='raw', style='drive', bus='blk', delay=100,
         oops = OOPS.findall(pair.standby.serial())
         if oops:
             problems.append('standby guest: %s' % oops[:3])
+        if problems:
+            print('standby guest console, last lines:\n%s' %
+                  pair.standby.serial()[-2000:])
         pair.standby.kill(signal.SIGKILL)
         rc, out = fsck(s_img, fmt)
         summary['fsck'] = rc

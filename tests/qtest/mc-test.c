@@ -839,20 +839,38 @@ static void test_mc_bad_args(void)
 
 /*
  * KVM's dirty ring is MC's harvest when QEMU runs with one: the capability
- * is accepted (the tests with KVM guests run in the lab, tests/lab).
+ * is accepted (the tests with KVM guests run in the lab, tests/lab).  The
+ * ring bounds a checkpoint only if the staging buffer holds what the
+ * rings hold: migrate says so at once when it does not.
  */
 static void test_mc_kvm_dirty_ring(void)
 {
     QTestState *qts;
+    QDict *rsp;
+    const char *desc;
 
     if (!kvm_dirty_ring_supported()) {
         g_test_skip("no /dev/kvm with a dirty ring on this machine");
         return;
     }
+    /* one vCPU: a ring of 4096 pages, 16 MiB */
     qts = qtest_init("-machine none -accel kvm,dirty-ring-size=4096");
     qtest_qmp_assert_success(qts, "{ 'execute': 'migrate-set-capabilities',"
                              " 'arguments': { 'capabilities': ["
                              "  { 'capability': 'mc', 'state': true } ] } }");
+    qtest_qmp_assert_success(qts, "{ 'execute': 'migrate-set-parameters',"
+                             " 'arguments': {"
+                             "  'mc-max-buffer-size': 16777216 } }");
+    rsp = qtest_qmp(qts, "{ 'execute': 'migrate',"
+                    " 'arguments': { 'uri': 'tcp:127.0.0.1:1' } }");
+    desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+    g_assert_nonnull(strstr(desc, "dirty-ring-size"));
+    g_assert_nonnull(strstr(desc, "at least 22 MiB"));
+    qobject_unref(rsp);
+    rsp = qtest_qmp_assert_success_ref(qts,
+        "{ 'execute': 'query-migrate' }");
+    g_assert_false(qdict_haskey(rsp, "status"));
+    qobject_unref(rsp);
     qtest_quit(qts);
 }
 
