@@ -141,6 +141,8 @@ def show_vms(pair):
     for vm in (pair.vms.values() if pair else ()):
         print('%s: exit %s, output: %s' % (vm.name, vm.proc.poll(),
                                           vm.output()[-1500:]))
+        print('%s guest console, last lines:\n%s' % (vm.name,
+                                                     vm.serial()[-2000:]))
 
 
 def describe(i, summary, problems):
