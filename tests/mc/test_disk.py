@@ -114,6 +114,7 @@ def kill_run(name, fmt='raw', style='drive', bus='blk', delay=100,
         if problems:
             print('standby guest console, last lines:\n%s' %
                   pair.standby.serial()[-2000:])
+            show_disk_queues(pair.standby)
         pair.standby.kill(signal.SIGKILL)
         rc, out = fsck(s_img, fmt)
         summary['fsck'] = rc
@@ -143,6 +144,31 @@ def show_vms(pair):
                                           vm.output()[-1500:]))
         print('%s guest console, last lines:\n%s' % (vm.name,
                                                      vm.serial()[-2000:]))
+        show_disk_queues(vm)
+
+
+def show_disk_queues(vm):
+    """The disk's virtqueues as QEMU sees them: a guest stuck on its disk
+    shows whether a kick (avail ahead of last-avail), a request (in use)
+    or an interrupt (used == signalled-used, guest still waiting) went
+    missing."""
+    try:
+        for dev in vm.qmp.cmd('x-query-virtio'):
+            if 'scsi' not in dev['name'] and 'blk' not in dev['name']:
+                continue
+            for q in range(4):
+                try:
+                    st = vm.qmp.cmd('x-query-virtio-queue-status',
+                                    path=dev['path'], queue=q)
+                except Exception:
+                    break
+                print('%s %s queue %d: %s' % (vm.name, dev['name'], q, {
+                    k: st.get(k) for k in (
+                        'last-avail-idx', 'shadow-avail-idx', 'used-idx',
+                        'signalled-used', 'signalled-used-valid', 'inuse',
+                        'broken')}))
+    except Exception as e:
+        print('%s: no virtqueue status (%s)' % (vm.name, e))
 
 
 def describe(i, summary, problems):
