@@ -156,11 +156,13 @@ check-reliability: build guest
 # patterns) with KVM's dirty bitmap, those that depend on the harvest
 # (LAB_RING_TESTS) with its dirty ring, and the mc-test qtest cases
 # with both, each in a boot of its own (tests/lab/check-lab.sh).
+# Not test_throttle: a nested KVM guest dirties too slowly to outgrow
+# the buffer, and the test skips itself then.
 LAB_TESTS ?= test_consistency test_udp test_net test_pipeline \
-	test_precopy_smoke test_throttle test_disk test_reliability
+	test_precopy_smoke test_disk test_reliability
 LAB_RING_TESTS ?= test_consistency test_udp test_net_failover \
-	test_disk_kill_primary_records test_pipeline test_throttle \
-	test_reliability test_dirty_bound
+	test_disk_kill_primary_records test_pipeline test_reliability \
+	test_dirty_bound
 lab: build guest
 	@bash scripts/build-lab.sh
 

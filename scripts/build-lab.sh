@@ -83,7 +83,7 @@ add_elf() {
 # Programs the tests and the init use, by the names they call.
 add_elf /usr/bin/python3.11 /usr/sbin/ip /usr/sbin/tc /usr/sbin/bridge \
         /usr/sbin/mkfs.ext4 /usr/sbin/e2fsck /usr/sbin/debugfs \
-        /usr/bin/kmod /usr/bin/socat /usr/bin/bash
+        /usr/bin/kmod /usr/bin/socat /usr/bin/bash /usr/bin/certtool
 ln -s python3.11 "$root/usr/bin/python3"
 for t in modprobe insmod lsmod rmmod depmod modinfo; do
     ln -sf ../bin/kmod "$root/usr/sbin/$t"

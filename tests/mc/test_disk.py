@@ -112,8 +112,7 @@ def kill_run(name, fmt='raw', style='drive', bus='blk', delay=100,
         if oops:
             problems.append('standby guest: %s' % oops[:3])
         if problems:
-            print('standby guest console, last lines:\n%s' %
-                  pair.standby.serial()[-2000:])
+            show_console(pair.standby)
             show_disk_queues(pair.standby)
         pair.standby.kill(signal.SIGKILL)
         rc, out = fsck(s_img, fmt)
@@ -142,9 +141,21 @@ def show_vms(pair):
     for vm in (pair.vms.values() if pair else ()):
         print('%s: exit %s, output: %s' % (vm.name, vm.proc.poll(),
                                           vm.output()[-1500:]))
-        print('%s guest console, last lines:\n%s' % (vm.name,
-                                                     vm.serial()[-2000:]))
+        show_console(vm)
         show_disk_queues(vm)
+
+
+def show_console(vm):
+    """The guest's console: how often it booted (a reset shows as a second
+    boot, the disk writer and servers restarted) and what it printed last,
+    with what came before the last boot."""
+    text = vm.serial()
+    boots = [m.start() for m in re.finditer(r'mc-guest: ready', text)]
+    print('%s guest console: %d boots' % (vm.name, len(boots)))
+    if len(boots) > 1:
+        print('%s before its last boot:\n%s' % (
+            vm.name, text[max(0, boots[-2] - 200):boots[-1]][-3000:]))
+    print('%s guest console, last lines:\n%s' % (vm.name, text[-2000:]))
 
 
 def show_disk_queues(vm):
@@ -169,6 +180,11 @@ def show_disk_queues(vm):
                         'broken')}))
     except Exception as e:
         print('%s: no virtqueue status (%s)' % (vm.name, e))
+    # read after the commands above: a guest reset shows as RESET
+    print('%s QMP events: %s' % (vm.name, [
+        (e['event'], e.get('data')) for e in vm.qmp.events
+        if e.get('event') not in (None, 'MIGRATION', 'MIGRATION_PASS',
+                                  'NIC_RX_FILTER_CHANGED')]))
 
 
 def describe(i, summary, problems):

@@ -23,7 +23,7 @@ import shutil
 import time
 
 from mcnet import Pair
-from mcvm import workdir
+from mcvm import Skip, workdir
 from test_consistency import memory_after_checkpoints
 
 RUN_S = 8
@@ -74,6 +74,14 @@ def test_throttle_keeps_mc_running():
         assert status == 'mc', pair.primary.qmp.cmd('query-migrate')
         assert 'MC_FAILOVER' not in names, names
         assert m1['acked'] - m0['acked'] >= RUN_S, m1
+        if not m1['room-waits'] and not m1['throttle-max-percentage'] and \
+                m1['staging-high-water'] < BUFFER // 2:
+            # A guest this slow (KVM nested in the lab dirties a few MB/s)
+            # never outgrows the buffer: there is nothing to throttle.
+            # Under TCG here the dirty set fills it and waits for room.
+            raise Skip('the guest never outgrew the buffer (staging up to '
+                       '%d of %d bytes, no room wait): no throttle needed'
+                       % (m1['staging-high-water'], BUFFER))
         assert m1['throttle-max-percentage'] > 0, m1
         assert m1['throttled-checkpoints'] > 0, m1
         # the guest still runs: mc-dirty kept printing its rate

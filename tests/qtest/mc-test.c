@@ -105,17 +105,19 @@ static char *mc_runstate(QTestState *who)
 
 static void mc_wait_status(QTestState *who, const char *want)
 {
+    g_autofree char *last = NULL;
     int i;
 
     for (i = 0; i < MC_WAIT_SECONDS * 20; i++) {
-        g_autofree char *st = mc_status(who);
-
-        if (st && !strcmp(st, want)) {
+        g_free(last);
+        last = mc_status(who);
+        if (last && !strcmp(last, want)) {
             return;
         }
         g_usleep(50 * 1000);
     }
-    g_error("migration status never became '%s'", want);
+    g_error("migration status never became '%s' (still '%s')", want,
+            last ? last : "none");
 }
 
 /*
