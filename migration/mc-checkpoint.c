@@ -342,10 +342,12 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     ram_mc_begin_checkpoint(mc->sfile);
     qemu_savevm_live_state(mc->sfile);
     /* The dirty rings were reaped into it, the vCPUs stopped */
-    mc_dirty_bound_harvested();
-    qemu_mutex_lock(&mc->lock);
-    mc->bound_hit = false;
-    qemu_mutex_unlock(&mc->lock);
+    if (mc_dirty_bound_pages()) {
+        mc_dirty_bound_harvested();
+        qemu_mutex_lock(&mc->lock);
+        mc->bound_hit = false;
+        qemu_mutex_unlock(&mc->lock);
+    }
     /* The page copies were only recorded: do them, still paused */
     qemu_fflush(mc->sfile);
     saved_at = copy_start = mc_now_us();

@@ -18,13 +18,11 @@ KVM issue).
 """
 
 import shutil
-import time
 
-from mcnet import Pair
 from mcvm import ACCEL, Skip, workdir
 from test_consistency import memory_after_checkpoints
+from test_throttle import RUN_S, assert_guest_ran, fast_writer_run
 
-RUN_S = 8
 MEM = 256 << 20
 BUFFER = 32 << 20
 
@@ -35,21 +33,8 @@ def test_dirty_ring_bounds_checkpoints():
     wd = workdir('dirtybound')
     pair = None
     try:
-        # auto-converge brings precopy to an end against the fast writer
-        pair = Pair(None, wd, nics=(), delay=1000,
-                    app='mc.dirty=128,400000,steady',
-                    more_caps=('auto-converge',))
-        for vm in (pair.primary, pair.standby):
-            vm.qmp.cmd('migrate-set-parameters',
-                       **{'mc-max-buffer-size': BUFFER})
-        pair.start_mc()
-        pair.primary.qmp.events.clear()
-        m0 = pair.mc()
-        serial0 = len(pair.primary.serial())
-        time.sleep(RUN_S)
-        m1 = pair.mc()
-        status = pair.primary.qmp.cmd('query-migrate')['status']
-        names = [e['event'] for e in pair.primary.qmp.events]
+        pair, m0, m1, status, names, serial0 = fast_writer_run(wd, 1000,
+                                                               BUFFER)
         print('status %s; bound %d pages; %d checkpoints acked in %d s, '
               '%d for the bound, vCPU waited %d times; pages per checkpoint '
               'at most %d; staging used up to %d of %d bytes; pause max %d '
@@ -67,10 +52,7 @@ def test_dirty_ring_bounds_checkpoints():
         assert m1['dirty-bound-checkpoints'] > \
             m0['dirty-bound-checkpoints'], m1
         assert m1['dirty-pages-max'] <= m1['dirty-bound-pages'], m1
-        rates = [l for l in pair.primary.serial()[serial0:].splitlines()
-                 if l.startswith('mc-dirty:')]
-        print('guest during the run: %s' % '; '.join(rates[-RUN_S:]))
-        assert rates, 'the guest made no progress'
+        assert_guest_ran(pair, serial0)
 
         pair.primary.qmp.cmd('stop')
         pair.primary.qmp.cmd('migrate-set-parameters', **{'mc-delay': 10})

@@ -41,26 +41,48 @@ def wait_for(what, cond, timeout=60):
         time.sleep(0.05)
 
 
-def test_throttle_keeps_mc_running():
-    wd = workdir('throttle')
-    pair = None
+def fast_writer_run(wd, delay, buffer, run_s=RUN_S):
+    """An MC pair without NIC whose guest dirties 128 MiB flat out, at
+    @delay with a staging buffer of @buffer bytes, run for @run_s s.
+    auto-converge brings precopy to an end against the writer (MC then
+    takes the throttle over, at precopy's last value).  Returns (pair,
+    statistics before, after, migration status, QMP events in the run,
+    the position of the primary's console when it began)."""
+    pair = Pair(None, wd, nics=(), delay=delay,
+                app='mc.dirty=128,400000,steady',
+                more_caps=('auto-converge',))
     try:
-        # auto-converge brings precopy to an end against the fast writer;
-        # MC then takes the throttle over, at precopy's last value
-        pair = Pair(None, wd, nics=(), delay=100,
-                    app='mc.dirty=128,400000,steady',
-                    more_caps=('auto-converge',))
         for vm in (pair.primary, pair.standby):
             vm.qmp.cmd('migrate-set-parameters',
-                       **{'mc-max-buffer-size': BUFFER})
+                       **{'mc-max-buffer-size': buffer})
         pair.start_mc()
         pair.primary.qmp.events.clear()
         m0 = pair.mc()
         serial0 = len(pair.primary.serial())
-        time.sleep(RUN_S)
+        time.sleep(run_s)
         m1 = pair.mc()
         status = pair.primary.qmp.cmd('query-migrate')['status']
         names = [e['event'] for e in pair.primary.qmp.events]
+    except BaseException:
+        pair.close()
+        raise
+    return pair, m0, m1, status, names, serial0
+
+
+def assert_guest_ran(pair, serial0, run_s=RUN_S):
+    """The guest still ran: mc-dirty kept printing its rate."""
+    rates = [l for l in pair.primary.serial()[serial0:].splitlines()
+             if l.startswith('mc-dirty:')]
+    print('guest during the run: %s' % '; '.join(rates[-run_s:]))
+    assert rates, 'the guest made no progress'
+
+
+def test_throttle_keeps_mc_running():
+    wd = workdir('throttle')
+    pair = None
+    try:
+        pair, m0, m1, status, names, serial0 = fast_writer_run(wd, 100,
+                                                               BUFFER)
         print('status %s; %d checkpoints acked in %d s, %d early, %d waited '
               'for room; throttle now %d%%, at most %d%%, %d checkpoints '
               'throttled; staging used up to %d of %d bytes; pause max %d us; '
@@ -84,11 +106,7 @@ def test_throttle_keeps_mc_running():
                        % (m1['staging-high-water'], BUFFER))
         assert m1['throttle-max-percentage'] > 0, m1
         assert m1['throttled-checkpoints'] > 0, m1
-        # the guest still runs: mc-dirty kept printing its rate
-        rates = [l for l in pair.primary.serial()[serial0:].splitlines()
-                 if l.startswith('mc-dirty:')]
-        print('guest during the run: %s' % '; '.join(rates[-RUN_S:]))
-        assert rates, 'the guest made no progress'
+        assert_guest_ran(pair, serial0)
 
         # paused guest: small checkpoints bring the throttle down to 0
         pair.primary.qmp.cmd('stop')
