@@ -24,6 +24,7 @@ each other, never with the host's.
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,15 +61,15 @@ def job_script(args, patterns=None):
     return 'set -o pipefail\n%s%s\n' % (extra, body)
 
 
-def boot_cmd(args, job):
+def boot_cmd(args, job, qemu):
     kernel = os.path.join(LAB, 'vmlinuz')
     root = os.path.join(LAB, 'lab.cpio')
-    for f in (kernel, root, QEMU):
+    for f in (kernel, root):
         if not os.path.exists(f):
             raise SystemExit('lab.py: %s is missing (make lab)' % f)
     # TCG emulates SVM with nested paging on EPYC; without NPT KVM
     # loads but a guest under shadow paging hardly runs.
-    return [QEMU, '-name', 'mc-lab', '-nodefaults', '-display', 'none',
+    return [qemu, '-name', 'mc-lab', '-nodefaults', '-display', 'none',
             '-machine', 'q35', '-accel', 'tcg,thread=multi',
             '-cpu', 'EPYC,fxsr-opt=off,misalignsse=off,osvw=off,topoext=off,'
             'nrip-save=off,xsavec=off', '-smp', str(args.cpus), '-m', args.mem,
@@ -86,12 +87,23 @@ def boot(args, name, script):
     with tempfile.NamedTemporaryFile('w', suffix='.sh', delete=False) as f:
         f.write(script)
         job = f.name
-    cmd = boot_cmd(args, job)
+    # The outer VM runs a private copy of the binary, beside it (where it
+    # finds its firmware): a build may replace the original meanwhile.
+    if not os.path.exists(QEMU):
+        raise SystemExit('lab.py: %s is missing (make build)' % QEMU)
+    qemu = '%s.lab-%d' % (QEMU, os.getpid())
+    shutil.copy2(QEMU, qemu)
+    try:
+        cmd = boot_cmd(args, job, qemu)
+    except BaseException:
+        os.unlink(qemu)
+        raise
     if args.interactive:
         try:
             return subprocess.call(cmd)
         finally:
             os.unlink(job)
+            os.unlink(qemu)
     rc = None
     panicked = False
     start = time.time()
@@ -128,6 +140,7 @@ def boot(args, name, script):
             proc.kill()
         proc.wait()
         os.unlink(job)
+        os.unlink(qemu)
     took = time.time() - start
     if panicked and rc is None:
         print('lab.py: %s: the lab\'s kernel panicked (%.0fs); console in %s'
