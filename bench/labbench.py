@@ -16,7 +16,9 @@ the second reply), the pause any plain save would need at least.
 Configurations: KVM's dirty bitmap and dirty ring at 2,000 and 20,000
 dirty pages/s with 256 MiB of guest RAM, and the same dirty set with
 2 GiB.  Prints one table (medians and p99 in us, ratios against
-stop+cont).
+stop+cont, and the median time each checkpoint spent harvesting the
+dirty log).  MC_LAB_BENCH_ONLY=TEXT runs the configurations whose label
+holds TEXT.
 """
 
 import os
@@ -29,7 +31,7 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, 'tests', 'mc'))
 sys.path.insert(0, HERE)
 
-from mctrace import takes  # noqa: E402
+from mctrace import harvests, takes  # noqa: E402
 from mcnet import Pair, Topology  # noqa: E402
 from mcvm import VM, guest_args, workdir  # noqa: E402
 import mcvm  # noqa: E402
@@ -43,6 +45,8 @@ CONFIGS = [  # (label, accel, guest RAM, dirty pages/s)
     ('ring 256M 20000', RING, '256M', 20000),
     ('bitmap 2G 2000', 'kvm', '2G', 2000),
     ('ring 2G 2000', RING, '2G', 2000),
+    ('bitmap 2G 20000', 'kvm', '2G', 20000),
+    ('ring 2G 20000', RING, '2G', 20000),
 ]
 
 
@@ -81,7 +85,7 @@ def mc_pauses(accel, mem, rate):
     trace = os.path.join(wd, 'primary.trace')
     events = os.path.join(wd, 'events')
     with open(events, 'w') as f:
-        f.write('mc_checkpoint_take\n')
+        f.write('mc_checkpoint_take\nmc_checkpoint_phases\n')
     topo = Topology()
     pair = None
     try:
@@ -97,7 +101,8 @@ def mc_pauses(accel, mem, rate):
             pair.close()
         topo.close()
     rows = takes(trace, first, last)
-    return [r[2] for r in rows], [r[0] for r in rows], polls
+    return ([r[2] for r in rows], [r[0] for r in rows], polls,
+            harvests(trace, first, last))
 
 
 def from_log(log, out):
@@ -132,21 +137,25 @@ def main():
                                                   'kvm-lab.md'))
     lines = ['| configuration | checkpoints | dirty pages (median) | '
              'pause p50 us | pause p99 us | stop+cont p50 us | '
-             'MC p50 / stop+cont | pause-polls |',
-             '|---|---|---|---|---|---|---|---|']
+             'MC p50 / stop+cont | harvest p50 us | pause-polls |',
+             '|---|---|---|---|---|---|---|---|---|']
     base = {}
+    only = os.environ.get('MC_LAB_BENCH_ONLY')
     for label, accel, mem, rate in CONFIGS:
+        if only and only not in label:
+            continue
         key = (accel, mem)
         if key not in base:
             base[key] = statistics.median(stop_cont(accel, mem))
-        pauses, pages, polls = mc_pauses(accel, mem, rate)
+        pauses, pages, polls, harvest = mc_pauses(accel, mem, rate)
         if not pauses:
-            lines.append('| %s | 0 | | | | | | |' % label)
+            lines.append('| %s | 0 | | | | | | | |' % label)
             continue
         p50 = statistics.median(pauses)
-        lines.append('| %s | %d | %d | %d | %d | %d | %.2f | %s |' % (
+        lines.append('| %s | %d | %d | %d | %d | %d | %.2f | %s | %s |' % (
             label, len(pauses), statistics.median(pages), p50,
-            pct(pauses, 99), base[key], p50 / base[key], polls))
+            pct(pauses, 99), base[key], p50 / base[key],
+            int(statistics.median(harvest)) if harvest else '', polls))
         print(lines[-1], flush=True)
     print('\n'.join(lines))
     return 0

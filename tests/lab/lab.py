@@ -25,6 +25,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,8 @@ def run(args):
 
 
 def main():
+    # killed: the finally clauses stop the lab and remove its files
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('patterns', nargs='*', help='run.py test patterns')
     ap.add_argument('--shell', help='bash to run in /lab instead')
