@@ -27,7 +27,8 @@ import subprocess
 import sys
 import time
 
-from mcvm import VM, Skip, free_port, guest_args, wait_migration
+from mcvm import (VM, Skip, free_port, guest_args, report_guest_resets,
+                  wait_migration)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GUEST_IP = '10.77.0.2'
@@ -315,6 +316,7 @@ class Pair:
         return (vm or self.primary).qmp.cmd('query-migrate')['mc']
 
     def close(self):
+        report_guest_resets(self.vms)
         for vm in self.vms.values():
             if vm.proc.poll() is None:
                 try:

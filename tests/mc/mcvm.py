@@ -168,6 +168,26 @@ class VM:
                 self.kill()
 
 
+# Printed by a test whose guest booted again (run.py, in the KVM lab,
+# runs such a test once more: see docs/devel/mc-kvm-lab.rst)
+GUEST_RESET_MARK = 'mc-test: the guest booted again'
+
+
+def report_guest_resets(vms):
+    """Print GUEST_RESET_MARK for each of @vms ({role: VM}) whose guest
+    booted after MC began: a primary that came up twice, a standby that
+    came up at all (it only ever runs from a checkpoint of a guest that
+    was up)."""
+    for role, vm in vms.items():
+        try:
+            boots = vm.serial().count('mc-guest: ready')
+        except OSError:
+            continue
+        if boots > (1 if role == 'primary' else 0):
+            print('%s (%s, %d boots on its console)' % (GUEST_RESET_MARK,
+                                                        role, boots))
+
+
 def guest_args(append='', mem='256M', extra=(), machine='q35'):
     """Command line for the Linux test guest (under ACCEL)."""
     kernel = os.path.join(GUEST, 'vmlinuz')
