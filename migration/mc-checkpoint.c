@@ -48,6 +48,19 @@
 #define MC_COPY_PARALLEL_MIN    (1 * MiB)
 
 /*
+ * A checkpoint's device state is being saved (BQL).  Its sections need
+ * no file header (savevm.c); a cancel, which can come in while the pause
+ * waits for the vCPUs, moves the migration state away from "mc" before
+ * the checkpoint is done, so the state cannot tell.
+ */
+static bool mc_devices_saving;
+
+bool mc_saving_devices(void)
+{
+    return mc_devices_saving;
+}
+
+/*
  * A page of guest RAM stays as it is until the end of the pause: its
  * copy into staging can wait for mc_staging_copy_pending, and be done
  * by several threads.  Anything else (QEMUFile's own buffer, reused
@@ -357,7 +370,9 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
     copy_us = mc_now_us() - copy_start;
     trace_mc_checkpoint_copy(epoch, copy_bytes, threads, copy_us);
     devices_at = mc->staging->used;     /* from the checkpoint's start */
+    mc_devices_saving = true;
     ret = qemu_save_device_state(mc->sfile);
+    mc_devices_saving = false;
     /* The trailer: where the device state begins (see mc_checkpoint_apply) */
     qemu_put_be64(mc->sfile, devices_at);
     qemu_fflush(mc->sfile);

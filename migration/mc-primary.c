@@ -709,8 +709,13 @@ static uint64_t mc_primary_loop(MCSession *mc, MigrationState *s,
         if (!mc_primary_wait_room(mc, s, &base, &limit)) {
             break;
         }
-        epoch++;
         bql_lock();
+        /* cancelled while this waited: the standby keeps the last one */
+        if (!migration_in_mc_state()) {
+            bql_unlock();
+            break;
+        }
+        epoch++;
         if (mc_checkpoint_take(mc, epoch, base, limit, errp) < 0) {
             bql_unlock();
             break;

@@ -73,6 +73,7 @@ bool mc_hmp_parse_parameter(int param, Visitor *v, MigrateSetParameters *p,
 
 /* The checkpoint loop and the standby (mc-primary.c, mc-standby.c) */
 bool migration_in_mc_state(void);
+bool mc_saving_devices(void);
 void mc_primary_run(MigrationState *s);
 bool mc_primary_cancel(MigrationStatus old_state);
 bool coroutine_fn mc_standby_co(MigrationIncomingState *mis);
