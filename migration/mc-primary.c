@@ -37,6 +37,8 @@
 #define MC_READY_TIMEOUT_MS     60000
 /* How long migrate_cancel waits for the standby to be told, at least */
 #define MC_CANCEL_WAIT_MS       1000
+/* How long a live standby has to read STOP before the connection goes */
+#define MC_LINGER_MS            2000
 /*
  * At most this many checkpoints on the wire beyond the last ACK.  A
  * standby that stops reading (stopped, or a broken link) must not find
@@ -236,6 +238,10 @@ static void *mc_primary_rx_thread(void *opaque)
     }
 out:
     mc_alloc_count_into(NULL);
+    qemu_mutex_lock(&mc->lock);
+    mc->rx_running = false;
+    qemu_cond_broadcast(&mc->cond);
+    qemu_mutex_unlock(&mc->lock);
     rcu_unregister_thread();
     return NULL;
 }
@@ -593,7 +599,7 @@ static bool mc_primary_wait_ready(MCSession *mc, MigrationState *s)
  * would look like a dead primary; once the timeout has passed, the
  * standby has noticed a silence first, which it does not act on alone.
  */
-static void mc_primary_tell_stop(MCSession *mc, uint32_t why, bool alive)
+static bool mc_primary_tell_stop(MCSession *mc, uint32_t why, bool alive)
 {
     int64_t deadline = mc_now_us();
     bool queued;
@@ -603,6 +609,41 @@ static void mc_primary_tell_stop(MCSession *mc, uint32_t why, bool alive)
     }
     queued = mc_transport_send_by(mc->transport, MC_MSG_STOP, why, deadline);
     trace_mc_primary_tell_stop(why, queued);
+    return queued;
+}
+
+/*
+ * STOP is queued to a live standby: let it read STOP before the
+ * connection goes.  A socket closed with data unread resets the
+ * connection, and the reset can destroy STOP on its way (in the peer's
+ * receive queue, or in a proxy's): the standby then takes the close for
+ * a dead primary and, under the safe policy, runs the guest beside this
+ * one.  So: no more heartbeats, end this side's sending, and read until
+ * the standby ends its side (the receive thread does while it runs),
+ * for at most MC_LINGER_MS.
+ */
+static void mc_primary_linger(MCSession *mc)
+{
+    int64_t deadline = mc_now_us() + MC_LINGER_MS * 1000LL;
+    bool running;
+
+    if (mc->hb_started) {
+        qemu_sem_post(&mc->hb_sem);
+        qemu_thread_join(&mc->hb_thread);
+        mc->hb_started = false;
+    }
+    mc_transport_shutdown_write(mc->transport);
+    qemu_mutex_lock(&mc->lock);
+    while (mc->rx_running && mc_now_us() < deadline) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock, 10);
+    }
+    running = mc->rx_running;
+    qemu_mutex_unlock(&mc->lock);
+    if (!running) {
+        mc_transport_drain_by(mc->transport, deadline);
+    }
+    trace_mc_primary_linger(running, MC_LINGER_MS -
+                            (deadline - mc_now_us()) / 1000);
 }
 
 /* End of the initial downtime: the guest runs from here on. */
@@ -673,6 +714,7 @@ static MCSession *mc_primary_start(MigrationState *s, Error **errp)
     mc_staging_set_room_fn(mc->staging, mc_primary_make_room, mc);
     mc_checkpoint_setup(mc);
     mc_transport_setup(mc->transport);
+    mc->rx_running = true;
     qemu_thread_create(&mc->rx_thread, "mc-rx", mc_primary_rx_thread,
                        mc, QEMU_THREAD_JOINABLE);
     mc->rx_started = true;
@@ -763,7 +805,7 @@ static void mc_primary_end(MCSession *mc, MigrationState *s, uint64_t epoch,
                            Error *err)
 {
     MCLossReason reason;
-    bool lost, cancelled, requested;
+    bool lost, cancelled, requested, alive;
     MigrationStatus end_state;
 
     /* No vCPU waits for a checkpoint any more */
@@ -811,9 +853,11 @@ static void mc_primary_end(MCSession *mc, MigrationState *s, uint64_t epoch,
      * The standby is alive, maybe just slow, on migrate_cancel and when
      * this side gave up on it (protocol error): make sure it hears STOP.
      */
-    mc_primary_tell_stop(mc, cancelled ? MC_STOP_CANCEL : MC_STOP_DROPPED,
-                         cancelled ||
-                         (lost && reason == MC_LOSS_REASON_PROTOCOL_ERROR));
+    alive = cancelled || (lost && reason == MC_LOSS_REASON_PROTOCOL_ERROR);
+    if (mc_primary_tell_stop(mc, cancelled ? MC_STOP_CANCEL : MC_STOP_DROPPED,
+                             alive) && alive) {
+        mc_primary_linger(mc);
+    }
     qatomic_set(&mc_primary_stop_told, true);
     mc_threads_stop(mc);
 
@@ -932,10 +976,10 @@ bool mc_primary_cancel(MigrationStatus old_state)
      * migration_cleanup() does for the migration thread; and on a flag
      * outside the session, which the loop frees once it has the BQL.
      * Bound: the loop waits up to a heartbeat timeout for the sending
-     * thread and again to queue STOP.
+     * thread and again to queue STOP, then lingers (mc_primary_linger).
      */
     deadline = mc_now_us() + (2LL * migrate_mc_heartbeat_timeout() +
-                              MC_CANCEL_WAIT_MS) * 1000;
+                              MC_CANCEL_WAIT_MS + MC_LINGER_MS) * 1000;
     bql_unlock();
     while (!qatomic_read(&mc_primary_stop_told) && mc_now_us() < deadline) {
         g_usleep(5000);

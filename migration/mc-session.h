@@ -80,6 +80,7 @@ typedef struct MCSession {
     QemuThread hb_thread;
     QemuThread tx_thread;       /* primary */
     bool rx_started, hb_started, tx_started;
+    bool rx_running;            /* lock: the receive thread has not ended */
     QemuSemaphore hb_sem;       /* posted to stop the heartbeat thread */
 
     /* Protected by lock; cond wakes whoever waits on any of them */

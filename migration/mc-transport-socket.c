@@ -68,6 +68,27 @@ static void mc_socket_shutdown(MCTransport *t)
     qio_channel_shutdown(t->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
 }
 
+static void mc_socket_shutdown_write(MCTransport *t)
+{
+    qio_channel_shutdown(t->ioc, QIO_CHANNEL_SHUTDOWN_WRITE, NULL);
+}
+
+static void mc_socket_drain_by(MCTransport *t, int64_t deadline_us)
+{
+    char buf[512];
+
+    qio_channel_set_blocking(t->ioc, false, NULL);
+    while (qemu_clock_get_us(QEMU_CLOCK_REALTIME) < deadline_us) {
+        ssize_t n = qio_channel_read(t->ioc, buf, sizeof(buf), NULL);
+
+        if (n == QIO_CHANNEL_ERR_BLOCK) {
+            g_usleep(MC_SOCKET_RETRY_US);
+        } else if (n <= 0) {
+            return;     /* the peer ended its side, or the link broke */
+        }
+    }
+}
+
 const MCTransportOps mc_transport_socket_ops = {
     .name = "socket",
     .setup = mc_socket_setup,
@@ -75,4 +96,6 @@ const MCTransportOps mc_transport_socket_ops = {
     .write_by = mc_socket_write_by,
     .read = mc_socket_read,
     .shutdown = mc_socket_shutdown,
+    .shutdown_write = mc_socket_shutdown_write,
+    .drain_by = mc_socket_drain_by,
 };

@@ -70,6 +70,16 @@ void mc_transport_shutdown(MCTransport *t)
     t->ops->shutdown(t);
 }
 
+void mc_transport_shutdown_write(MCTransport *t)
+{
+    t->ops->shutdown_write(t);
+}
+
+void mc_transport_drain_by(MCTransport *t, int64_t deadline_us)
+{
+    t->ops->drain_by(t, deadline_us);
+}
+
 /* Send a message; the caller holds send_lock. */
 static int mc_transport_send_locked(MCTransport *t, MCMsgType type,
                                     uint32_t flags, uint64_t epoch,

@@ -46,6 +46,16 @@ typedef struct MCTransportOps {
                 Error **errp);
     /* Make every blocked and later writev, write_by and read return. */
     void (*shutdown)(MCTransport *t);
+    /*
+     * The last message is out: end this side's sending (the peer sees
+     * the end of the stream after it), reads still work.
+     */
+    void (*shutdown_write)(MCTransport *t);
+    /*
+     * Read and drop what the peer still sends until it ends its side
+     * or @deadline_us (realtime clock) passes; nobody else reads.
+     */
+    void (*drain_by)(MCTransport *t, int64_t deadline_us);
     void (*free)(MCTransport *t);
 } MCTransportOps;
 
@@ -67,6 +77,8 @@ MCTransport *mc_transport_new(QIOChannel *ioc, Error **errp);
 void mc_transport_free(MCTransport *t);
 void mc_transport_setup(MCTransport *t);
 void mc_transport_shutdown(MCTransport *t);
+void mc_transport_shutdown_write(MCTransport *t);
+void mc_transport_drain_by(MCTransport *t, int64_t deadline_us);
 
 /* Send one message (mc_wire_send's contract): 0 or -1 with @errp. */
 int mc_transport_send(MCTransport *t, MCMsgType type, uint32_t flags,

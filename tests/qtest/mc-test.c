@@ -509,9 +509,17 @@ static gpointer mc_proxy_thread(gpointer opaque)
     sa.sin_port = htons(p->dest_port);
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     g_assert_cmpint(connect(dst, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
-    for (;;) {
+    /*
+     * An end of stream is passed on as one (shutdown of the write side),
+     * as a network path would: the peer then reads all that came before
+     * it.  Closing a socket with data unread would reset the connection.
+     */
+    bool ended[2] = { false, false };
+
+    while (!ended[0] || !ended[1]) {
         struct pollfd fds[2] = {
-            { .fd = src, .events = POLLIN }, { .fd = dst, .events = POLLIN },
+            { .fd = ended[0] ? -1 : src, .events = POLLIN },
+            { .fd = ended[1] ? -1 : dst, .events = POLLIN },
         };
         int i;
 
@@ -534,8 +542,13 @@ static gpointer mc_proxy_thread(gpointer opaque)
                 continue;
             }
             n = read(from, buf, 256 * 1024);
-            if (n <= 0) {
+            if (n < 0) {
                 goto out;
+            }
+            if (n == 0) {
+                ended[i] = true;
+                shutdown(to, SHUT_WR);
+                continue;
             }
             if (!i && n >= 4096 && qatomic_read(&p->armed) &&
                 (!qatomic_read(&p->done) || p->mode == 4)) {
