@@ -75,9 +75,7 @@ def boot_cmd(args, job, qemu):
             '-cpu', 'EPYC,fxsr-opt=off,misalignsse=off,osvw=off,topoext=off,'
             'nrip-save=off,xsavec=off', '-smp', str(args.cpus), '-m', args.mem,
             '-kernel', kernel, '-initrd', root,
-            # no THP: khugepaged once locked a CPU up for minutes here
-            '-append', 'console=ttyS0 panic=-1 quiet loglevel=3 '
-            'transparent_hugepage=never',
+            '-append', 'console=ttyS0 panic=-1 quiet loglevel=3',
             '-fw_cfg', 'name=opt/mc-lab/job,file=' + job,
             '-serial', 'stdio' if args.interactive else 'file:/dev/stdout',
             '-no-reboot']
