@@ -316,32 +316,39 @@ static int mc_block_wait_reply(QEMUFile *f, MCBlockState *st)
     QIOChannel *ioc = qemu_file_get_ioc(f);
     uint32_t hdr[3] = { 0 }, len = 0;
     char msg[MC_BLK_REPLY_MAX + 1];
-    Error *err = NULL;
+    Error *cause = NULL, *err = NULL;
+    bool ok = false;
 
+    /*
+     * A refusal shows as a failed flush or as a close while the reply is
+     * read, depending on when the standby's reset arrives: both mean
+     * the same and get the same message.
+     */
     if (qemu_fflush(f) < 0) {
-        return -EIO;
-    }
-    if (qio_channel_read_all(ioc, (char *)hdr, sizeof(hdr), &err) == 0) {
+        qemu_file_get_error_obj(f, &cause);
+    } else if (qio_channel_read_all(ioc, (char *)hdr, sizeof(hdr),
+                                    &cause) == 0) {
         len = be32_to_cpu(hdr[2]);
+        ok = be32_to_cpu(hdr[0]) == MC_BLK_REPLY_MAGIC &&
+             len <= MC_BLK_REPLY_MAX &&
+             qio_channel_read_all(ioc, msg, len, &cause) == 0;
     }
-    if (err || be32_to_cpu(hdr[0]) != MC_BLK_REPLY_MAGIC ||
-        len > MC_BLK_REPLY_MAX ||
-        qio_channel_read_all(ioc, msg, len, &err) < 0) {
-        error_free(err);
-        err = NULL;
+    if (!ok) {
         /*
          * Under TLS the standby checks this side's certificate (and
          * tls-authz) after the handshake completed here: a refusal
          * arrives as this close.
          */
         error_setg(&err, "MC: the standby closed the connection before it "
-                   "accepted the disk list (%s; its log says why)",
+                   "accepted the disk list (%s; its log says why)%s%s",
                    migrate_tls() ?
                    "did it refuse this side's TLS certificate (tls-authz)? "
                    "is it a QEMU with micro-checkpointing, started with "
                    "the same disks?" :
                    "is it a QEMU with micro-checkpointing, started with "
-                   "the same disks?");
+                   "the same disks?",
+                   cause ? ": " : "", cause ? error_get_pretty(cause) : "");
+        error_free(cause);
         migrate_set_error(migrate_get_current(), err);
         error_report_err(err);
         return -EIO;
