@@ -39,7 +39,13 @@ from colo import ColoNetPair  # noqa: E402
 CLIENT = os.path.join(HERE, '..', 'tests', 'mc', 'netclient.py')
 # long enough that slow start after each idle period does not decide it
 BULK_BYTES = 64 << 20
-DELAYS = (100, 10, 1, 0)
+# 'defaults' in --delays: the product's defaults (output-triggered
+# checkpoints within the pause budget, mc-delay 100 the longest epoch)
+DEFAULTS = 'defaults'
+DEFAULTS_LABEL = 'MC defaults'
+DEFAULT_PARAMS = {'mc-delay': 100, 'mc-output-latency': 200,
+                  'mc-pause-budget': 10}
+DELAYS = (DEFAULTS, 100, 10, 1, 0)
 FAILOVER_DELAY = 10     # the failover figure, after the others
 COLO_NODELAY = 'COLO+nodelay'   # label of COLO with TCP_NODELAY
 
@@ -57,13 +63,39 @@ def client(topo, *args):
     return json.loads(out)
 
 
-def measure(topo, label, rtt_count, bulk_bytes):
+def mc_counts(pair):
+    """What the primary's checkpoints were until now, or None."""
+    if not pair:
+        return None
+    mc = pair.mc()
+    return {'t': time.time(), 'checkpoints': mc['checkpoints'],
+            'output': mc['output-checkpoints'],
+            'pause_us': mc['pause-avg-us'] * mc['checkpoints']}
+
+
+def mc_rates(before, after):
+    """Checkpoints per second, the share of them output triggered and
+    the pause share between two mc_counts()."""
+    if not before or not after:
+        return {}
+    dt = after['t'] - before['t']
+    n = after['checkpoints'] - before['checkpoints']
+    return {'checkpoints_per_s': n / dt,
+            'output_share': (after['output'] - before['output']) / max(n, 1),
+            'pause_pct': 100.0 * (after['pause_us'] - before['pause_us']) /
+            (dt * 1e6)}
+
+
+def measure(topo, label, rtt_count, bulk_bytes, pair=None):
+    c0 = mc_counts(pair)
     rtts = client(topo, 'rtt', '--count', str(rtt_count), '--interval', '5')
     # the same with replies that differ between two runs of the guest
     nd = client(topo, 'rtt', '--count', str(rtt_count), '--interval', '5',
                 '--nondet')
+    c1 = mc_counts(pair)
     bulk = client(topo, 'bulk', '--bytes', str(bulk_bytes), '--timeout',
                   '120')
+    c2 = mc_counts(pair)
     row = {'config': label,
            'rtt_p50_ms': pct(rtts, 50) * 1000,
            'rtt_p99_ms': pct(rtts, 99) * 1000,
@@ -78,6 +110,15 @@ def measure(topo, label, rtt_count, bulk_bytes):
           % (label, row['rtt_p50_ms'], row['rtt_p99_ms'],
              row['throughput_MBps'], row['nondet_p50_ms'],
              row['nondet_p99_ms']), flush=True)
+    echo, bulk = mc_rates(c0, c1), mc_rates(c1, c2)
+    if echo:
+        row.update({'echo_' + k: v for k, v in echo.items()})
+        row.update({'bulk_' + k: v for k, v in bulk.items()})
+        print('%-22s echo: %.0f checkpoints/s (%.0f%% output-triggered), '
+              'paused %.1f%%; bulk: %.0f/s (%.0f%%), paused %.1f%%'
+              % ('', echo['checkpoints_per_s'], 100 * echo['output_share'],
+                 echo['pause_pct'], bulk['checkpoints_per_s'],
+                 100 * bulk['output_share'], bulk['pause_pct']), flush=True)
     return row
 
 
@@ -119,13 +160,17 @@ def run(rtt_count=200, bulk_bytes=BULK_BYTES, delays=DELAYS, failover=False,
     pair = None
     rows = []
     try:
-        pair = Pair(topo, wd, delay=delays[0], tcpserv_ms=0)
+        pair = Pair(topo, wd, delay=100, tcpserv_ms=0)
         rows.append(measure(topo, 'no MC', rtt_count, bulk_bytes))
         pair.start_mc()
         for d in delays:
-            pair.primary.qmp.cmd('migrate-set-parameters', **{'mc-delay': d})
-            rows.append(measure(topo, 'MC mc-delay %d' % d, rtt_count,
-                                bulk_bytes))
+            # a fixed interval: no checkpoint triggered by output
+            params = {'mc-delay': d, 'mc-output-latency': 0}
+            label = 'MC mc-delay %d' % d
+            if d == DEFAULTS:
+                params, label = DEFAULT_PARAMS, DEFAULTS_LABEL
+            pair.primary.qmp.cmd('migrate-set-parameters', **params)
+            rows.append(measure(topo, label, rtt_count, bulk_bytes, pair))
         mc = pair.mc()
         print('held at most %d bytes per NIC, throttled %d times'
               % (mc['net-held-high-water'], mc['net-throttled']))
@@ -193,10 +238,11 @@ def main():
     ap.add_argument('--colo', action='store_true',
                     help='also measure upstream COLO')
     a = ap.parse_args()
-    delays = tuple(int(d) for d in a.delays.split(','))
+    delays = tuple(d if d == DEFAULTS else int(d)
+                   for d in a.delays.split(','))
     rows = run(a.rtt_count, a.bulk_bytes, delays, not a.no_failover)
     if a.colo:
-        colo_delays = tuple(d for d in delays if d)
+        colo_delays = tuple(d for d in delays if d and d != DEFAULTS)
         rows += run_colo(a.rtt_count, a.bulk_bytes, colo_delays)
         rows += run_colo(a.rtt_count, a.bulk_bytes, colo_delays,
                          nodelay=True, failover=False)

@@ -115,6 +115,16 @@ uint8_t migrate_mc_copy_threads(void)
     return qatomic_read(&migrate_get_current()->parameters.mc_copy_threads);
 }
 
+uint32_t migrate_mc_output_latency(void)
+{
+    return qatomic_read(&migrate_get_current()->parameters.mc_output_latency);
+}
+
+uint8_t migrate_mc_pause_budget(void)
+{
+    return qatomic_read(&migrate_get_current()->parameters.mc_pause_budget);
+}
+
 MCFailoverPolicy migrate_mc_failover_policy(void)
 {
     MigrationState *s = migrate_get_current();
@@ -221,6 +231,10 @@ void mc_params_query(MigrationParameters *params,
     params->mc_failover_policy = cur->mc_failover_policy;
     params->has_mc_copy_threads = true;
     params->mc_copy_threads = cur->mc_copy_threads;
+    params->has_mc_output_latency = true;
+    params->mc_output_latency = cur->mc_output_latency;
+    params->has_mc_pause_budget = true;
+    params->mc_pause_budget = cur->mc_pause_budget;
 }
 
 void mc_params_init(MigrationParameters *params)
@@ -230,6 +244,8 @@ void mc_params_init(MigrationParameters *params)
     params->has_mc_heartbeat_timeout = true;
     params->has_mc_failover_policy = true;
     params->has_mc_copy_threads = true;
+    params->has_mc_output_latency = true;
+    params->has_mc_pause_budget = true;
 }
 
 bool mc_params_check(const MigrationParameters *params, Error **errp)
@@ -265,6 +281,18 @@ bool mc_params_check(const MigrationParameters *params, Error **errp)
                    "and %d", MC_MAX_COPY_THREADS);
         return false;
     }
+    if (params->has_mc_output_latency &&
+        params->mc_output_latency > MC_MAX_OUTPUT_LATENCY_US) {
+        error_setg(errp, "Parameter 'mc-output-latency' must be between 0 "
+                   "and %d us", MC_MAX_OUTPUT_LATENCY_US);
+        return false;
+    }
+    if (params->has_mc_pause_budget &&
+        (params->mc_pause_budget < 1 || params->mc_pause_budget > 100)) {
+        error_setg(errp, "Parameter 'mc-pause-budget' must be between 1 "
+                   "and 100 (percent)");
+        return false;
+    }
     return true;
 }
 
@@ -288,6 +316,12 @@ void mc_params_apply(const MigrateSetParameters *params,
     if (params->has_mc_copy_threads) {
         qatomic_set(&dest->mc_copy_threads, params->mc_copy_threads);
     }
+    if (params->has_mc_output_latency) {
+        qatomic_set(&dest->mc_output_latency, params->mc_output_latency);
+    }
+    if (params->has_mc_pause_budget) {
+        qatomic_set(&dest->mc_pause_budget, params->mc_pause_budget);
+    }
 }
 
 void mc_hmp_info_params(Monitor *mon, const MigrationParameters *params)
@@ -310,6 +344,13 @@ void mc_hmp_info_params(Monitor *mon, const MigrationParameters *params)
     monitor_printf(mon, "%s: %u\n",
                    MigrationParameter_str(MIGRATION_PARAMETER_MC_COPY_THREADS),
                    params->mc_copy_threads);
+    monitor_printf(mon, "%s: %u us\n",
+                   MigrationParameter_str(
+                       MIGRATION_PARAMETER_MC_OUTPUT_LATENCY),
+                   params->mc_output_latency);
+    monitor_printf(mon, "%s: %u %%\n",
+                   MigrationParameter_str(MIGRATION_PARAMETER_MC_PAUSE_BUDGET),
+                   params->mc_pause_budget);
 }
 
 /* Returns true if @param is an MC parameter (parsed into @p). */
@@ -338,6 +379,14 @@ bool mc_hmp_parse_parameter(int param, Visitor *v, MigrateSetParameters *p,
     case MIGRATION_PARAMETER_MC_COPY_THREADS:
         p->has_mc_copy_threads = true;
         visit_type_uint8(v, name, &p->mc_copy_threads, errp);
+        return true;
+    case MIGRATION_PARAMETER_MC_OUTPUT_LATENCY:
+        p->has_mc_output_latency = true;
+        visit_type_uint32(v, name, &p->mc_output_latency, errp);
+        return true;
+    case MIGRATION_PARAMETER_MC_PAUSE_BUDGET:
+        p->has_mc_pause_budget = true;
+        visit_type_uint8(v, name, &p->mc_pause_budget, errp);
         return true;
     default:
         return false;

@@ -17,9 +17,20 @@
 #include "mc.h"
 
 /* Output commit, net/filter-mc.c */
-static bool mc_net_part_start(Error **errp)
+static bool mc_net_part_start(MCOutputFn *output, void *opaque,
+                              Error **errp)
 {
-    return mc_net_start(!migrate_mc_net_disable(), errp);
+    if (!mc_net_start(!migrate_mc_net_disable(), errp)) {
+        return false;
+    }
+    mc_net_set_output_notify(output, opaque);
+    return true;
+}
+
+static void mc_net_part_stop(void)
+{
+    mc_net_set_output_notify(NULL, NULL);
+    mc_net_stop();
 }
 
 static void mc_net_part_pause(void)
@@ -46,7 +57,7 @@ static const MCParticipant mc_net_participant = {
     .checkpoint = mc_net_checkpoint,
     .resume = mc_net_part_resume,
     .commit = mc_net_commit,
-    .stop = mc_net_stop,
+    .stop = mc_net_part_stop,
     .fill_info = mc_net_part_fill_info,
 };
 
@@ -59,13 +70,13 @@ static const MCParticipant *const mc_participants[] = {
     for ((i) = 0; (i) < ARRAY_SIZE(mc_participants) && \
          ((p) = mc_participants[(i)]); (i)++)
 
-bool mc_participants_start(Error **errp)
+bool mc_participants_start(MCOutputFn *output, void *opaque, Error **errp)
 {
     const MCParticipant *p;
     size_t i;
 
     MC_FOR_EACH(p, i) {
-        if (p->start && !p->start(errp)) {
+        if (p->start && !p->start(output, opaque, errp)) {
             /* undo those already started */
             while (i-- > 0) {
                 if (mc_participants[i]->stop) {

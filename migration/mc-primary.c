@@ -325,10 +325,132 @@ static size_t mc_primary_free(MCSession *mc)
 }
 
 /*
- * Wait until the next checkpoint is due: mc-delay after the start of the
- * last one, or earlier when the dirty data nears half of the free
- * staging buffer or a vCPU waits at the dirty ring's bound.  Returns
- * false when MC must stop instead; else *@trigger says why now.
+ * The pause budget.  A guest that sends a packet every millisecond
+ * would otherwise be paused after each one.  Credit accrues at
+ * mc-pause-budget percent of the time and every pause spends its
+ * length; a checkpoint that held output triggers starts only once the
+ * credit covers the pause expected of it.  The credit is capped at a
+ * budget's share of MC_BUDGET_WINDOW_US (a request after a quiet spell
+ * goes at once) and floored at minus that (checkpoints that could not
+ * wait, due to mc-delay or the buffer, are paid back).  Migration
+ * thread only.
+ */
+#define MC_BUDGET_WINDOW_US     100000
+
+static double mc_primary_budget_cap(MCSession *mc, double rate)
+{
+    /* never below the pause itself, or a checkpoint would never fit */
+    return MAX(rate * MC_BUDGET_WINDOW_US, 2 * mc->pause_expect_us);
+}
+
+/* The earliest time from which the budget allows such a checkpoint */
+static int64_t mc_primary_budget_ready(MCSession *mc)
+{
+    double rate = migrate_mc_pause_budget() / 100.0;
+
+    if (rate >= 1.0 || mc->budget_credit_us >= mc->pause_expect_us) {
+        return 0;
+    }
+    return mc->budget_at_us +
+           (int64_t)((mc->pause_expect_us - mc->budget_credit_us) / rate) + 1;
+}
+
+/* A checkpoint paused the guest for @pause_us until @end_us */
+static void mc_primary_budget_spend(MCSession *mc, int64_t end_us,
+                                    int64_t pause_us)
+{
+    double rate = migrate_mc_pause_budget() / 100.0;
+    double cap;
+
+    mc->pause_expect_us = mc->pause_expect_us ?
+        mc->pause_expect_us * 0.75 + pause_us * 0.25 : pause_us;
+    cap = mc_primary_budget_cap(mc, rate);
+    if (mc->budget_at_us) {
+        mc->budget_credit_us += (end_us - pause_us - mc->budget_at_us) *
+                                rate;
+    } else {
+        mc->budget_credit_us = cap;
+    }
+    /* accrued while paused too: the share is of all the time */
+    mc->budget_credit_us = MIN(mc->budget_credit_us + pause_us * rate, cap);
+    mc->budget_credit_us = MAX(mc->budget_credit_us - pause_us, -cap);
+    mc->budget_at_us = end_us;
+
+    /* the statistic: the share of the last second or so */
+    mc->share_pause_us += pause_us;
+    if (!mc->share_start_us) {
+        mc->share_start_us = end_us - pause_us;
+    }
+    if (end_us - mc->share_start_us >= 1000000) {
+        qemu_mutex_lock(&mc->lock);
+        mc->stats.pause_percentage = 100.0 * mc->share_pause_us /
+                                     (end_us - mc->share_start_us);
+        qemu_mutex_unlock(&mc->lock);
+        mc->share_start_us = end_us;
+        mc->share_pause_us = 0;
+    }
+}
+
+/*
+ * The guest sent the first packet of @epoch (filter-mc's packet path,
+ * BQL held): the loop may end the epoch early for it.
+ */
+static void mc_primary_output_held(void *opaque, uint64_t epoch,
+                                   int64_t since_us)
+{
+    MCSession *mc = opaque;
+
+    qemu_mutex_lock(&mc->lock);
+    if (epoch > mc->output_epoch) {
+        mc->output_epoch = epoch;
+        mc->output_since_us = since_us;
+        if (migrate_mc_output_latency()) {
+            qemu_cond_broadcast(&mc->cond);
+        }
+    }
+    qemu_mutex_unlock(&mc->lock);
+}
+
+/*
+ * When the next checkpoint is due, and why: mc-delay after the start of
+ * the epoch, or sooner when output the guest sent in it has waited
+ * mc-output-latency and the pause budget allows.  @deferred_us: how
+ * much later than that the budget made it.  mc->lock held.
+ */
+static int64_t mc_primary_due(MCSession *mc, int64_t epoch_start_us,
+                              MCTrigger *why, int64_t *deferred_us)
+{
+    int64_t due = epoch_start_us + migrate_mc_delay() * 1000LL;
+    uint32_t latency = migrate_mc_output_latency();
+    int64_t out, ready;
+
+    *why = MC_TRIGGER_INTERVAL;
+    *deferred_us = 0;
+    if (!latency || mc->output_epoch <= mc->taken_epoch) {
+        return due;
+    }
+    out = mc->output_since_us + latency;
+    ready = MAX(out, mc_primary_budget_ready(mc));
+    if (ready < due) {
+        *why = MC_TRIGGER_OUTPUT;
+        *deferred_us = ready - out;
+        return ready;
+    }
+    return due;
+}
+
+static const char *const mc_trigger_names[] = {
+    [MC_TRIGGER_INTERVAL] = "interval",
+    [MC_TRIGGER_EARLY] = "buffer",
+    [MC_TRIGGER_BOUND] = "dirty-bound",
+    [MC_TRIGGER_OUTPUT] = "output",
+};
+
+/*
+ * Wait until the next checkpoint is due (mc_primary_due), or earlier
+ * when the dirty data nears half of the free staging buffer or a vCPU
+ * waits at the dirty ring's bound.  Returns false when MC must stop
+ * instead; else *@trigger says why now.
  */
 static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
                                   int64_t epoch_start_us, MCTrigger *trigger)
@@ -347,12 +469,14 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
 
     *trigger = MC_TRIGGER_INTERVAL;
     for (;;) {
-        int64_t due = epoch_start_us + migrate_mc_delay() * 1000LL;
         int64_t now = mc_now_us();
+        int64_t due, deferred;
+        MCTrigger why;
         size_t bytes, half;
         bool stop, bound;
 
         qemu_mutex_lock(&mc->lock);
+        due = mc_primary_due(mc, epoch_start_us, &why, &deferred);
         if (!mc_primary_should_stop(mc, s) && now < due && !mc->bound_hit) {
             int64_t wait_us = MIN(due, next_poll) - now;
 
@@ -373,6 +497,8 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         }
         stop = mc_primary_should_stop(mc, s);
         bound = mc->bound_hit;
+        /* output may have come while this waited */
+        due = mc_primary_due(mc, epoch_start_us, &why, &deferred);
         qemu_mutex_unlock(&mc->lock);
         if (stop) {
             return false;
@@ -383,6 +509,19 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         }
         now = mc_now_us();
         if (now >= due) {
+            *trigger = why;
+            if (why == MC_TRIGGER_OUTPUT) {
+                qemu_mutex_lock(&mc->lock);
+                mc->stats.output_checkpoints++;
+                mc->stats.output_deferred += deferred > 0;
+                qemu_mutex_unlock(&mc->lock);
+            }
+            trace_mc_primary_trigger(mc->taken_epoch + 1,
+                                     mc_trigger_names[why],
+                                     now - epoch_start_us,
+                                     why == MC_TRIGGER_OUTPUT ?
+                                     now - mc->output_since_us : 0,
+                                     deferred, mc->budget_credit_us);
             return true;
         }
         if (now < next_poll) {
@@ -400,6 +539,9 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         if (bytes > half || (bytes > last_bytes &&
                              bytes + 2 * (bytes - last_bytes) > half)) {
             *trigger = MC_TRIGGER_EARLY;
+            trace_mc_primary_trigger(mc->taken_epoch + 1, "buffer",
+                                     now - epoch_start_us, 0, 0,
+                                     mc->budget_credit_us);
             return true;
         }
         last_bytes = bytes;
@@ -683,7 +825,7 @@ static MCSession *mc_primary_start(MigrationState *s, Error **errp)
     mc = mc_session_new(MC_ROLE_PRIMARY, qemu_file_get_ioc(s->to_dst_file),
                         errp);
     /* Hold guest output from the first instruction the guest runs in MC */
-    if (mc && !mc_participants_start(errp)) {
+    if (mc && !mc_participants_start(mc_primary_output_held, mc, errp)) {
         mc_session_free(mc);
         mc = NULL;
     }
@@ -777,12 +919,15 @@ static uint64_t mc_primary_loop(MCSession *mc, MigrationState *s,
         mc->stats.in_flight = mc->ring_count;
         mc->stats.in_flight_max = MAX(mc->stats.in_flight_max,
                                       mc->ring_count);
-        mc->stats.early_checkpoints += trigger != MC_TRIGGER_INTERVAL;
+        mc->stats.early_checkpoints += trigger == MC_TRIGGER_EARLY ||
+                                       trigger == MC_TRIGGER_BOUND;
         mc->stats.dirty_bound_checkpoints += trigger == MC_TRIGGER_BOUND;
-        mc->last_early = trigger != MC_TRIGGER_INTERVAL;
+        mc->last_early = trigger == MC_TRIGGER_EARLY ||
+                         trigger == MC_TRIGGER_BOUND;
         mc->stats.epoch_ms = (pause_end - start) / 1000;
         qemu_cond_broadcast(&mc->cond);
         qemu_mutex_unlock(&mc->lock);
+        mc_primary_budget_spend(mc, pause_end, pause_end - mc->pause_start_us);
         start = pause_end;
         mc_primary_note_rate(mc, mc->staging->used,
                              mc->pause_start_us - mc->run_start_us);

@@ -66,6 +66,7 @@ typedef enum MCTrigger {
     MC_TRIGGER_INTERVAL,        /* mc-delay since the last one */
     MC_TRIGGER_EARLY,           /* the dirty set nears the free staging */
     MC_TRIGGER_BOUND,           /* a vCPU waits at the dirty ring's bound */
+    MC_TRIGGER_OUTPUT,          /* held output waited mc-output-latency */
 } MCTrigger;
 
 typedef struct MCSession {
@@ -102,6 +103,9 @@ typedef struct MCSession {
     MCInfo stats;
     /* A vCPU waits at the dirty bound (mc-dirty-bound.c) until harvested */
     bool bound_hit;
+    /* The newest epoch the guest sent output in, and when it began to */
+    uint64_t output_epoch;
+    int64_t output_since_us;
     uint64_t pause_total_us, transfer_total_us;     /* for the averages */
 
     /* Standby: rx thread while it runs, then the main loop (BQL) */
@@ -122,6 +126,16 @@ typedef struct MCSession {
     int64_t run_start_us;       /* when the vCPUs last went on */
     unsigned throttle_calm;     /* checkpoints in a row that found room */
     bool vcpus_held;            /* the last pause left the vCPUs stopped */
+    /*
+     * The pause budget (mc_primary_budget_*): microseconds of pause that
+     * output-triggered checkpoints may still spend, as of budget_at_us,
+     * and the pause expected of the next checkpoint.
+     */
+    double budget_credit_us;
+    int64_t budget_at_us;
+    double pause_expect_us;
+    int64_t share_start_us;     /* this second's pause, for the statistic */
+    int64_t share_pause_us;
     MCCopyPool *copy_pool;      /* mc-copy-threads threads (mc-copy.h) */
     /*
      * Scheduled (idle: no wakeup) at the output barrier, cancelled at

@@ -374,9 +374,15 @@ void hmp_info_mc(Monitor *mon, const QDict *qdict)
                    m->disk_writes_last, m->disk_bytes_last,
                    m->disk_pause_last_us, m->disk_backlog_bytes,
                    m->disk_initial_bytes);
-    monitor_printf(mon, "net hold: avg %" PRIu64 " us, max %" PRIu64
+    monitor_printf(mon, "net hold: avg %" PRIu64 " us, p50 %" PRIu64
+                   " us, p99 %" PRIu64 " us, max %" PRIu64
                    " us, throttled %" PRIu64 " times\n",
-                   m->net_hold_avg_us, m->net_hold_max_us, m->net_throttled);
+                   m->net_hold_avg_us, m->net_hold_p50_us, m->net_hold_p99_us,
+                   m->net_hold_max_us, m->net_throttled);
+    monitor_printf(mon, "output-triggered: %" PRIu64 " checkpoints (%" PRIu64
+                   " deferred by the pause budget); paused %.1f%% of the "
+                   "last second\n", m->output_checkpoints,
+                   m->output_deferred, m->pause_percentage);
     monitor_printf(mon, "vCPU throttle: %" PRIu64 "%% now, %" PRIu64
                    "%% at most, %" PRIu64 " checkpoints throttled; %" PRIu64
                    " waited for room\n", m->throttle_percentage,

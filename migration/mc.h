@@ -25,6 +25,9 @@
 #define MC_MAX_HEARTBEAT_TIMEOUT_MS     600000
 #define MC_DEFAULT_COPY_THREADS         2
 #define MC_MAX_COPY_THREADS             64
+#define MC_DEFAULT_OUTPUT_LATENCY_US    200
+#define MC_MAX_OUTPUT_LATENCY_US        1000000
+#define MC_DEFAULT_PAUSE_BUDGET         10
 
 /* Properties of the migration object (-global migration.mc-delay=...) */
 extern const PropertyInfo mc_prop_failover_policy;
@@ -44,6 +47,11 @@ extern const PropertyInfo mc_prop_failover_policy;
                        MC_DEFAULT_HEARTBEAT_TIMEOUT_MS),                    \
     DEFINE_PROP_UINT8("mc-copy-threads", MigrationState,                    \
                       parameters.mc_copy_threads, MC_DEFAULT_COPY_THREADS), \
+    DEFINE_PROP_UINT32("mc-output-latency", MigrationState,                 \
+                       parameters.mc_output_latency,                        \
+                       MC_DEFAULT_OUTPUT_LATENCY_US),                       \
+    DEFINE_PROP_UINT8("mc-pause-budget", MigrationState,                    \
+                      parameters.mc_pause_budget, MC_DEFAULT_PAUSE_BUDGET), \
     DEFINE_PROP_SIGNED("mc-failover-policy", MigrationState,                \
                        parameters.mc_failover_policy,                       \
                        MC_FAILOVER_POLICY_SAFE, mc_prop_failover_policy,    \
@@ -58,6 +66,8 @@ uint64_t migrate_mc_max_buffer_size(void);
 uint32_t migrate_mc_heartbeat_timeout(void);
 MCFailoverPolicy migrate_mc_failover_policy(void);
 uint8_t migrate_mc_copy_threads(void);
+uint32_t migrate_mc_output_latency(void);
+uint8_t migrate_mc_pause_budget(void);
 
 bool mc_caps_check(const bool *new_caps, Error **errp);
 bool mc_transport_check(const MigrationAddress *addr, Error **errp);
@@ -91,10 +101,20 @@ void mc_fill_info(MigrationInfo *info);
  * and @resume, and must not poll the main loop there (@drain is where
  * waiting for I/O belongs, see mc_checkpoint_take()).
  */
+/*
+ * Output of epoch @epoch is held since @since_us (mc_now_us): called by
+ * a participant for the first output it holds in an epoch, BQL held,
+ * from the path the output takes (it must not block).
+ */
+typedef void MCOutputFn(void *opaque, uint64_t epoch, int64_t since_us);
+
 typedef struct MCParticipant {
     const char *name;
-    /* Primary, BQL, VM stopped: MC begins.  False refuses MC. */
-    bool (*start)(Error **errp);
+    /*
+     * Primary, BQL, VM stopped: MC begins.  False refuses MC.  A
+     * participant that holds output the outside sees calls @output.
+     */
+    bool (*start)(MCOutputFn *output, void *opaque, Error **errp);
     /* Primary, BQL: the VM is about to pause for a checkpoint */
     void (*pause)(void);
     /*
@@ -126,7 +146,7 @@ typedef struct MCParticipant {
 } MCParticipant;
 
 /* mc-participant.c: call every participant's hook */
-bool mc_participants_start(Error **errp);
+bool mc_participants_start(MCOutputFn *output, void *opaque, Error **errp);
 void mc_participants_pause(void);
 void mc_participants_drain(void);
 void mc_participants_checkpoint(uint64_t epoch);

@@ -56,6 +56,14 @@ void mc_net_checkpoint(uint64_t epoch);
 void mc_net_set_checkpoint_pause(bool on);
 bool mc_net_checkpoint_pause(void);
 
+/*
+ * The guest sent the first packet of epoch @epoch (held since @held_us,
+ * QEMU_CLOCK_REALTIME): called once per epoch, with the BQL, from the
+ * packet path; it must not block.  NULL: nobody is told.
+ */
+typedef void MCNetOutputFn(void *opaque, uint64_t epoch, int64_t held_us);
+void mc_net_set_output_notify(MCNetOutputFn *fn, void *opaque);
+
 /* Checkpoint @epoch was acknowledged by the standby (any thread). */
 void mc_net_commit(uint64_t epoch);
 
