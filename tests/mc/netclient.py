@@ -17,6 +17,9 @@ Run in the client's network namespace.  Modes:
           (--nondet: "time K", answered with the guest's clock)
           (seconds) as one JSON list on stdout.
   bulk    ask for --bytes bytes and print {"bytes": B, "seconds": S}.
+  load    open loop: send "cli K" at --rate requests a second for
+          --seconds, whether answered or not, and print the round-trip
+          times as one JSON list (plus {"unanswered": N} if any).
 """
 
 import argparse
@@ -25,6 +28,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 
 
@@ -178,9 +182,45 @@ def bulk(args):
     print(json.dumps({'bytes': got, 'seconds': secs}))
 
 
+def load(args):
+    sock = connect(args.host, args.port)
+    f = sock.makefile('rb')
+    sent = {}
+    times = []
+    count = int(args.rate * args.seconds)
+
+    def receive():
+        while len(times) < count:
+            line = f.readline()
+            if not line:
+                return
+            if line.startswith(b'echo '):
+                k = int(line.split()[1])
+                t0 = sent.pop(k, None)
+                if t0 is not None:
+                    times.append(time.perf_counter() - t0)
+
+    rx = threading.Thread(target=receive, daemon=True)
+    rx.start()
+    start = time.perf_counter()
+    for k in range(1, count + 1):
+        due = start + (k - 1) / args.rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        sent[k] = time.perf_counter()
+        sock.sendall(b'cli %d\n' % k)
+    rx.join(args.timeout)
+    out = {'rtts': times, 'unanswered': count - len(times),
+           'seconds': time.perf_counter() - start}
+    print(json.dumps(out))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('mode', choices=['stream', 'rtt', 'bulk'])
+    ap.add_argument('mode', choices=['stream', 'rtt', 'bulk', 'load'])
+    ap.add_argument('--rate', type=float, default=100)
+    ap.add_argument('--seconds', type=float, default=5)
     ap.add_argument('--host', required=True)
     ap.add_argument('--port', type=int, default=7000)
     ap.add_argument('--interval', type=float, default=20)
@@ -192,7 +232,8 @@ def main():
                     help='rtt: ask "time K", whose answer carries the '
                     "guest's clock")
     args = ap.parse_args()
-    {'stream': stream, 'rtt': rtt, 'bulk': bulk}[args.mode](args)
+    {'stream': stream, 'rtt': rtt, 'bulk': bulk,
+     'load': load}[args.mode](args)
 
 
 if __name__ == '__main__':

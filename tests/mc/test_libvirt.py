@@ -94,7 +94,8 @@ def mc_pair(wd, a, b, delay=50, policy='safe', before=None):
     if before:
         before(a, b)
     a.virsh('migrate', '--live', '--mc', '--mc-delay', str(delay),
-            '--mc-failover-policy', policy, 'mcg', b.uri, timeout=300)
+            '--mc-failover-policy', policy, '--mc-output-latency', '500',
+            '--mc-pause-budget', '20', 'mcg', b.uri, timeout=300)
     return serial
 
 
@@ -119,6 +120,11 @@ def test_libvirt_mc_failover_by_kill():
         serial = mc_pair(wd, a, b)
         assert a.domstate('mcg').startswith('running'), a.domstate('mcg')
         assert b.domstate('mcg') == 'paused (mc standby)', b.domstate('mcg')
+        # the typed parameters reached both QEMUs
+        for host in (a, b):
+            p = qmp(host, 'mcg', 'query-migrate-parameters')
+            assert (p['mc-output-latency'], p['mc-pause-budget']) == \
+                (500, 20), p
         first = acked(a)
         wait_for(lambda: acked(a) >= first + 5, 60, 'checkpoints')
         info = a.virsh('domjobinfo', 'mcg').stdout
@@ -151,6 +157,8 @@ def refusals(a, b):
         (['--live', '--mc-delay', '10'], 'mc'),
         (['--live', '--mc', '--mc-failover-policy', 'sometimes'],
          'sometimes'),
+        (['--live', '--mc', '--mc-pause-budget', '0'], 'mc-pause-budget'),
+        (['--live', '--mc-output-latency', '100'], 'mc'),
     ]
     for opts, msg in cases:
         r = a.virsh('migrate', *(opts + ['mcg', b.uri]), check=False)
