@@ -570,7 +570,8 @@ def tls_unauthorized(run, rng, wd):
 
 
 MC_PARAMS = ('mc-delay', 'mc-max-buffer-size', 'mc-heartbeat-timeout',
-             'mc-failover-policy', 'mc-copy-threads')
+             'mc-failover-policy', 'mc-copy-threads', 'mc-output-latency',
+             'mc-pause-budget')
 
 
 def snapshot(vm):
@@ -610,7 +611,10 @@ BAD_PARAMS = (('mc-delay', -1, ('mc-delay', 'between')),
               ('mc-heartbeat-timeout', 0, ('mc-heartbeat-timeout',)),
               ('mc-failover-policy', 'bogus', ('mc-failover-policy',
                                                'bogus')),
-              ('mc-copy-threads', 0, ('mc-copy-threads',)))
+              ('mc-copy-threads', 0, ('mc-copy-threads',)),
+              ('mc-output-latency', 1000001, ('mc-output-latency',)),
+              ('mc-pause-budget', 0, ('mc-pause-budget',)),
+              ('mc-pause-budget', 101, ('mc-pause-budget',)))
 
 
 def management_input(run, rng, wd):

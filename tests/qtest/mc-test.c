@@ -809,6 +809,13 @@ static void test_mc_bad_args(void)
                                  " 'arguments': { 'mc-copy-threads': 0 } }");
     mc_refused(qts, "{ 'execute': 'migrate-set-parameters',"
                                  " 'arguments': { 'mc-copy-threads': 65 } }");
+    mc_refused(qts, "{ 'execute': 'migrate-set-parameters',"
+                                 " 'arguments': { 'mc-output-latency':"
+                                 " 1000001 } }");
+    mc_refused(qts, "{ 'execute': 'migrate-set-parameters',"
+                                 " 'arguments': { 'mc-pause-budget': 0 } }");
+    mc_refused(qts, "{ 'execute': 'migrate-set-parameters',"
+                                 " 'arguments': { 'mc-pause-budget': 101 } }");
     mc_refused(qts, "{ 'execute': 'mc-failover' }");
     mc_refused(qts, "{ 'execute': 'migrate-set-capabilities',"
                                  " 'arguments': { 'capabilities': ["
@@ -848,6 +855,8 @@ static void test_mc_bad_args(void)
     g_assert_cmpint(qdict_get_int(rsp, "mc-max-buffer-size"), ==, 128 * MiB);
     g_assert_cmpint(qdict_get_int(rsp, "mc-heartbeat-timeout"), ==, 2000);
     g_assert_cmpstr(qdict_get_str(rsp, "mc-failover-policy"), ==, "safe");
+    g_assert_cmpint(qdict_get_int(rsp, "mc-output-latency"), ==, 200);
+    g_assert_cmpint(qdict_get_int(rsp, "mc-pause-budget"), ==, 10);
     qobject_unref(rsp);
     qtest_quit(qts);
 }
