@@ -43,7 +43,7 @@ BULK_BYTES = 64 << 20
 # checkpoints within the pause budget, mc-delay 100 the longest epoch)
 DEFAULTS = 'defaults'
 DEFAULTS_LABEL = 'MC defaults'
-DEFAULT_PARAMS = {'mc-delay': 100, 'mc-output-latency': 200,
+DEFAULT_PARAMS = {'mc-delay': 100, 'mc-output-latency': 100,
                   'mc-pause-budget': 10}
 DELAYS = (DEFAULTS, 100, 10, 1, 0)
 FAILOVER_DELAY = 10     # the failover figure, after the others

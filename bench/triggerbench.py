@@ -39,7 +39,7 @@ from mcvm import workdir  # noqa: E402
 CLIENT = os.path.join(HERE, '..', 'tests', 'mc', 'netclient.py')
 RATES = (100, 1000, 5000)
 LOAD_S = 4
-DEFAULTS = {'mc-delay': 100, 'mc-output-latency': 200,
+DEFAULTS = {'mc-delay': 100, 'mc-output-latency': 100,
             'mc-pause-budget': 10}
 CONFIGS = (('MC defaults', DEFAULTS),
            ('MC mc-delay 100', {'mc-delay': 100, 'mc-output-latency': 0}),
@@ -205,7 +205,8 @@ def echo_and_bulk(topo, label, pair=None):
     return row
 
 
-def sweep():
+def sweep(pairs=None):
+    """@pairs: (latency, budget) to measure instead of the sweep."""
     wd = workdir('triggersweep')
     topo = Topology()
     pair = None
@@ -220,6 +221,10 @@ def sweep():
         configs += [('budget %d %%' % b, {'mc-output-latency': 200,
                                           'mc-pause-budget': b})
                     for b in SWEEP_BUDGETS]
+        if pairs:
+            configs = [('latency %d us, budget %d %%' % (lat, b),
+                        {'mc-output-latency': lat, 'mc-pause-budget': b})
+                       for lat, b in pairs]
         configs += [('fixed mc-delay 100', {'mc-output-latency': 0})]
         for label, params in configs:
             pair.primary.qmp.cmd('migrate-set-parameters', **params)
@@ -263,9 +268,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--json')
     ap.add_argument('--sweep', action='store_true')
+    ap.add_argument('--pairs', help='with --sweep: LATENCY:BUDGET,... '
+                    'instead of the sweep')
     a = ap.parse_args()
     if a.sweep:
-        rows = sweep()
+        rows = sweep([tuple(map(int, p.split(':')))
+                      for p in a.pairs.split(',')] if a.pairs else None)
         if a.json:
             with open(a.json, 'w') as f:
                 json.dump(rows, f, indent=1)

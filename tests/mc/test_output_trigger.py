@@ -87,7 +87,7 @@ def test_output_trigger_parameters():
         pair = Pair(None, wd, nics=())
         qmp = pair.primary.qmp
         params = qmp.cmd('query-migrate-parameters')
-        assert params['mc-output-latency'] == 200, params
+        assert params['mc-output-latency'] == 100, params
         assert params['mc-pause-budget'] == 10, params
         for name, value in (('mc-output-latency', 1000001),
                             ('mc-pause-budget', 0),

@@ -855,7 +855,7 @@ static void test_mc_bad_args(void)
     g_assert_cmpint(qdict_get_int(rsp, "mc-max-buffer-size"), ==, 128 * MiB);
     g_assert_cmpint(qdict_get_int(rsp, "mc-heartbeat-timeout"), ==, 2000);
     g_assert_cmpstr(qdict_get_str(rsp, "mc-failover-policy"), ==, "safe");
-    g_assert_cmpint(qdict_get_int(rsp, "mc-output-latency"), ==, 200);
+    g_assert_cmpint(qdict_get_int(rsp, "mc-output-latency"), ==, 100);
     g_assert_cmpint(qdict_get_int(rsp, "mc-pause-budget"), ==, 10);
     qobject_unref(rsp);
     qtest_quit(qts);
