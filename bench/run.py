@@ -790,11 +790,13 @@ def report(rows, run):
         f.write(disk_section(rows['disk']))
         f.write(copybench.section(rows['copy']))
         f.write(linkbench.section(rows['link'], rows['link_net']))
-        # the KVM lab's figures (make lab-bench), kept as they were written
-        lab = os.path.join(TOP, 'docs', 'bench', 'kvm-lab.md')
-        if os.path.exists(lab):
-            with open(lab) as lf:
-                f.write('\n' + lf.read())
+        # the KVM lab's figures (make lab-bench) and those of the output
+        # trigger (bench/triggerbench.py --all), kept as they were written
+        for name in ('output-trigger.md', 'kvm-lab.md'):
+            lab = os.path.join(TOP, 'docs', 'bench', name)
+            if os.path.exists(lab):
+                with open(lab) as lf:
+                    f.write('\n' + lf.read())
         f.write('\n![pause against dirty pages](bench/pause.png)\n'
                 '![round-trip time](bench/latency.png)\n')
         f.write('\nCOLO runs with patches/colo-hold-bql-for-ram-save.patch '

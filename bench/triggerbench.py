@@ -264,13 +264,91 @@ def run():
     return {'load': load, 'phases': phase_rows}
 
 
+def markdown(load, phase_rows, swept):
+    """The section docs/benchmarks.md includes (docs/bench/
+    output-trigger.md), from one run."""
+    out = ['## Checkpoints triggered by output (bench/triggerbench.py)', '',
+           'Written by `bench/triggerbench.py --all --md` on %s, one run, '
+           '%d host CPUs; the client and both QEMUs share them.  Extra '
+           'round trip = the configuration\'s minus no MC\'s, same '
+           'guest, same run.' % (time.strftime('%Y-%m-%d'),
+                                  os.cpu_count()), '']
+    if swept:
+        base = swept['base']
+        out += ['### Choosing the defaults: closed-loop echo (a request 5 ms '
+                'after each answer, 200 per row) and a 32 MiB bulk transfer',
+                '',
+                '| mc-output-latency, mc-pause-budget | echo extra p50 / p99 '
+                '(ms) | guest-clock replies p50 / p99 (ms) | TCP throughput '
+                '(% of no MC) | checkpoints/s echo / bulk | paused echo / '
+                'bulk (%) | CPU primary + standby, bulk (% of a CPU) |',
+                '|---|---|---|---|---|---|---|']
+        for r in swept['sweep']:
+            e, b = r['echo'], r['bulk']
+            out.append('| %s | %+.2f / %+.2f | %+.2f / %+.2f | %.1f | %.0f '
+                       '/ %.0f | %.1f / %.1f | %.0f + %.0f |' % (
+                           r['config'], r['p50_ms'] - base['p50_ms'],
+                           r['p99_ms'] - base['p99_ms'],
+                           r['nd_p50_ms'] - base['nd_p50_ms'],
+                           r['nd_p99_ms'] - base['nd_p99_ms'],
+                           100 * r['MBps'] / base['MBps'],
+                           e['checkpoints_per_s'], b['checkpoints_per_s'],
+                           e['pause_pct'], b['pause_pct'],
+                           b['cpu_primary_pct'], b['cpu_standby_pct']))
+        out.append('')
+    if load:
+        out += ['### Latency against offered load (open loop, %d s per row)'
+                % LOAD_S, '',
+                '| configuration | requests/s | extra p50 / p99 (ms) | '
+                'checkpoints/s | output-triggered | paused (%) | CPU '
+                'primary + standby (% of a CPU) |',
+                '|---|---|---|---|---|---|---|']
+        for r in load:
+            if r['config'] == 'no MC':
+                continue
+            out.append('| %s | %d | %+.2f / %+.2f | %.0f | %.0f %% | %.1f | '
+                       '%.0f + %.0f |' % (
+                           r['config'], r['rate'], r['extra_p50_ms'],
+                           r['extra_p99_ms'], r['checkpoints_per_s'],
+                           100 * r['output_share'], r['pause_pct'],
+                           r['cpu_primary_pct'], r['cpu_standby_pct']))
+        out.append('')
+    if phase_rows:
+        out += ['### Phases at the defaults, back to back (%d s each, '
+                'sampled every 200 ms)' % PHASE_S, '',
+                '| phase | checkpoints/s mean (stdev of the samples) | '
+                'output-triggered | paused mean / highest sample (%) |',
+                '|---|---|---|---|']
+        for r in phase_rows:
+            out.append('| %s | %.0f (%.0f) | %.0f %% | %.1f / %.1f |' % (
+                r['phase'], r['checkpoints_per_s'], r['cps_stdev'],
+                100 * r['output_share'], r['pause_pct_mean'],
+                r['pause_pct_max']))
+        out.append('')
+    return '\n'.join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--json')
     ap.add_argument('--sweep', action='store_true')
     ap.add_argument('--pairs', help='with --sweep: LATENCY:BUDGET,... '
                     'instead of the sweep')
+    ap.add_argument('--all', action='store_true',
+                    help='the sweep, then the load and the phases')
+    ap.add_argument('--md', help='write the markdown section here')
     a = ap.parse_args()
+    if a.all:
+        swept = sweep()
+        rows = run()
+        rows['sweep'] = swept
+        if a.json:
+            with open(a.json, 'w') as f:
+                json.dump(rows, f, indent=1)
+        if a.md:
+            with open(a.md, 'w') as f:
+                f.write(markdown(rows['load'], rows['phases'], swept))
+        return
     if a.sweep:
         rows = sweep([tuple(map(int, p.split(':')))
                       for p in a.pairs.split(',')] if a.pairs else None)
