@@ -28,11 +28,18 @@ for accel in kvm $ring; do
     for t in $(QTEST_QEMU_BINARY=build/qemu/qemu-system-x86_64 \
              build/qemu/tests/qtest/mc-test -l | grep '^/'); do
         name="mc-test-${accel//[,=]/-}${t//\//-}"
-        if $lab --name "$name" --shell "set -o pipefail
-            QTEST_QEMU_BINARY=/lab/build/qemu/qemu-system-x86_64 \
+        # QTEST_LOG: QEMU's stderr (a KVM internal error's dump) is kept
+        # and shown on a failure, beside the test's own lines
+        if $lab --name "$name" --shell "
+            QTEST_LOG=1 QTEST_QEMU_BINARY=/lab/build/qemu/qemu-system-x86_64 \
             QTEST_MIGRATION_ACCEL=$accel \
-            build/qemu/tests/qtest/mc-test --tap -k -p $t |
-            grep -E '^(ok|not ok)'" > "$out.one"; then
+            build/qemu/tests/qtest/mc-test --tap -k -p $t > /tmp/qtest.log 2>&1
+            rc=\$?
+            grep -E '^(ok|not ok)' /tmp/qtest.log
+            if [ \$rc != 0 ] || grep -q '^not ok' /tmp/qtest.log; then
+                grep -avE '^(\\[|\\{|<<<|>>>)' /tmp/qtest.log | tail -60
+                exit 1
+            fi" > "$out.one"; then
             v=PASS
             grep -q '# SKIP' "build/lab/logs/$name.log" && v=SKIP
         else

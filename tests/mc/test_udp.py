@@ -151,8 +151,18 @@ def kill_run(name, delay, net=True, settle=2.0, disk=False,
         ms = (time.time() - t_kill) * 1000
         assert ev['data']['role'] == 'standby', ev
         # the standby's guest goes on sending
-        rx.wait(lambda s: max(s) >= n_kill + settle * 1000 * 1000 /
-                interval_us / 4)
+        try:
+            rx.wait(lambda s: max(s) >= n_kill + settle * 1000 * 1000 /
+                    interval_us / 4)
+        except TimeoutError:
+            # what the standby did instead (a KVM internal error prints
+            # the instruction and the registers there)
+            print('the standby after MC_FAILOVER %s: run state %s; its '
+                  'output ends:\n%s\nits serial ends:\n%s' % (
+                      ev['data'], pair.standby.qmp.cmd('query-status'),
+                      pair.standby.output()[-3000:],
+                      pair.standby.serial()[-1500:]))
+            raise
         time.sleep(0.2)
         window, released, sealed = unreleased(trace, ev['data']['epoch'])
         # a poll after the barrier is the bug a sealed packet shows, seen
