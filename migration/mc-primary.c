@@ -470,7 +470,7 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
     *trigger = MC_TRIGGER_INTERVAL;
     for (;;) {
         int64_t now = mc_now_us();
-        int64_t due, deferred;
+        int64_t due, deferred, since;
         MCTrigger why;
         size_t bytes, half;
         bool stop, bound;
@@ -499,6 +499,7 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
         bound = mc->bound_hit;
         /* output may have come while this waited */
         due = mc_primary_due(mc, epoch_start_us, &why, &deferred);
+        since = mc->output_since_us;
         qemu_mutex_unlock(&mc->lock);
         if (stop) {
             return false;
@@ -520,7 +521,7 @@ static bool mc_primary_wait_epoch(MCSession *mc, MigrationState *s,
                                      mc_trigger_names[why],
                                      now - epoch_start_us,
                                      why == MC_TRIGGER_OUTPUT ?
-                                     now - mc->output_since_us : 0,
+                                     now - since : 0,
                                      deferred, mc->budget_credit_us);
             return true;
         }
