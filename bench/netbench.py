@@ -22,21 +22,18 @@ Prints a table and, with --csv FILE, writes the raw samples.
 """
 
 import argparse
-import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'tests', 'mc'))
-from mcnet import Topology, Pair, GUEST_IP, problems  # noqa: E402
+from mcnet import Topology, Pair, problems  # noqa: E402
 from mcvm import workdir  # noqa: E402
 from colo import ColoNetPair  # noqa: E402
 
-CLIENT = os.path.join(HERE, '..', 'tests', 'mc', 'netclient.py')
 # long enough that slow start after each idle period does not decide it
 BULK_BYTES = 64 << 20
 # 'defaults' in --delays: the product's defaults (output-triggered
@@ -56,26 +53,32 @@ def pct(values, p):
 
 
 def client(topo, *args):
-    out = subprocess.run(['ip', 'netns', 'exec', topo.cl, sys.executable,
-                          CLIENT] + list(args) + ['--host', GUEST_IP],
-                         check=True, stdout=subprocess.PIPE, text=True,
-                         timeout=600).stdout
-    return json.loads(out)
+    return topo.ask(*args)
+
+
+def cpu_s(pid):
+    """User plus system CPU seconds of process @pid, all its threads."""
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def mc_counts(pair):
-    """What the primary's checkpoints were until now, or None."""
+    """What the primary's checkpoints and both QEMUs' CPU were until
+    now, or None."""
     if not pair:
         return None
     mc = pair.mc()
     return {'t': time.time(), 'checkpoints': mc['checkpoints'],
             'output': mc['output-checkpoints'],
-            'pause_us': mc['pause-avg-us'] * mc['checkpoints']}
+            'pause_us': mc['pause-avg-us'] * mc['checkpoints'],
+            'cpu_primary': cpu_s(pair.primary.proc.pid),
+            'cpu_standby': cpu_s(pair.standby.proc.pid)}
 
 
 def mc_rates(before, after):
-    """Checkpoints per second, the share of them output triggered and
-    the pause share between two mc_counts()."""
+    """Checkpoints per second, the share of them output triggered, the
+    pause share and each QEMU's CPU (% of one) between two mc_counts()."""
     if not before or not after:
         return {}
     dt = after['t'] - before['t']
@@ -83,7 +86,11 @@ def mc_rates(before, after):
     return {'checkpoints_per_s': n / dt,
             'output_share': (after['output'] - before['output']) / max(n, 1),
             'pause_pct': 100.0 * (after['pause_us'] - before['pause_us']) /
-            (dt * 1e6)}
+            (dt * 1e6),
+            'cpu_primary_pct': 100.0 * (after['cpu_primary'] -
+                                        before['cpu_primary']) / dt,
+            'cpu_standby_pct': 100.0 * (after['cpu_standby'] -
+                                        before['cpu_standby']) / dt}
 
 
 def measure(topo, label, rtt_count, bulk_bytes, pair=None):
@@ -165,10 +172,11 @@ def run(rtt_count=200, bulk_bytes=BULK_BYTES, delays=DELAYS, failover=False,
         pair.start_mc()
         for d in delays:
             # a fixed interval: no checkpoint triggered by output
-            params = {'mc-delay': d, 'mc-output-latency': 0}
-            label = 'MC mc-delay %d' % d
             if d == DEFAULTS:
                 params, label = DEFAULT_PARAMS, DEFAULTS_LABEL
+            else:
+                params = {'mc-delay': d, 'mc-output-latency': 0}
+                label = 'MC mc-delay %d' % d
             pair.primary.qmp.cmd('migrate-set-parameters', **params)
             rows.append(measure(topo, label, rtt_count, bulk_bytes, pair))
         mc = pair.mc()

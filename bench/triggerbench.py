@@ -26,17 +26,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'tests', 'mc'))
-from mcnet import GUEST_IP, Pair, Topology  # noqa: E402
+from mcnet import Pair, Topology  # noqa: E402
 from mcvm import workdir  # noqa: E402
+from netbench import client, mc_counts, mc_rates, pct  # noqa: E402
 
-CLIENT = os.path.join(HERE, '..', 'tests', 'mc', 'netclient.py')
 RATES = (100, 1000, 5000)
 LOAD_S = 4
 DEFAULTS = {'mc-delay': 100, 'mc-output-latency': 100,
@@ -50,50 +49,13 @@ SWEEP_LATENCIES = (1, 50, 100, 200, 500, 1000)
 SWEEP_BUDGETS = (5, 10, 20, 30)
 
 
-def pct(values, p):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
-
-
-def client(topo, *args):
-    out = subprocess.run(['ip', 'netns', 'exec', topo.cl, sys.executable,
-                          CLIENT] + list(args) + ['--host', GUEST_IP],
-                         check=True, stdout=subprocess.PIPE, text=True,
-                         timeout=600).stdout
-    return json.loads(out)
-
-
-def cpu_s(pid):
-    """User plus system CPU seconds of process @pid, all its threads."""
-    with open('/proc/%d/stat' % pid) as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
-
-def counters(pair):
-    mc = pair.mc()
-    return (time.time(), mc['checkpoints'], mc['output-checkpoints'],
-            mc['pause-avg-us'] * mc['checkpoints'],
-            cpu_s(pair.primary.proc.pid), cpu_s(pair.standby.proc.pid))
-
-
-def rates(a, b):
-    dt = b[0] - a[0]
-    n = b[1] - a[1]
-    return {'checkpoints_per_s': n / dt,
-            'output_share': (b[2] - a[2]) / max(n, 1),
-            'pause_pct': 100.0 * (b[3] - a[3]) / (dt * 1e6),
-            'cpu_primary_pct': 100.0 * (b[4] - a[4]) / dt,
-            'cpu_standby_pct': 100.0 * (b[5] - a[5]) / dt}
-
-
 def offered_load(topo, pair):
     rows = []
     for label, params in [('no MC', None)] + list(CONFIGS):
         if params:
             pair.primary.qmp.cmd('migrate-set-parameters', **params)
         for rate in RATES:
-            c0 = counters(pair) if params else None
+            c0 = mc_counts(pair) if params else None
             got = client(topo, 'load', '--rate', str(rate), '--seconds',
                          str(LOAD_S))
             row = {'config': label, 'rate': rate,
@@ -101,7 +63,7 @@ def offered_load(topo, pair):
                    'p99_ms': pct(got['rtts'], 99) * 1000,
                    'unanswered': got['unanswered']}
             if params:
-                row.update(rates(c0, counters(pair)))
+                row.update(mc_rates(c0, mc_counts(pair)))
             rows.append(row)
             print('%-16s %5d req/s: p50 %7.2f ms p99 %7.2f ms%s' % (
                 label, rate, row['p50_ms'], row['p99_ms'],
@@ -127,10 +89,10 @@ def phases(topo, pair):
     phase = ['idle']
 
     def sampler():
-        last = counters(pair)
+        last = mc_counts(pair)
         while not stop.wait(0.2):
-            now = counters(pair)
-            samples.append(dict(rates(last, now), phase=phase[0]))
+            now = mc_counts(pair)
+            samples.append(dict(mc_rates(last, now), phase=phase[0]))
             last = now
 
     def run_phase(name, work):
@@ -187,21 +149,21 @@ def phases(topo, pair):
 
 
 def echo_and_bulk(topo, label, pair=None):
-    c0 = counters(pair) if pair else None
+    c0 = mc_counts(pair) if pair else None
     det = client(topo, 'rtt', '--count', '200', '--interval', '5')
     nd = client(topo, 'rtt', '--count', '200', '--interval', '5',
                 '--nondet')
-    c1 = counters(pair) if pair else None
+    c1 = mc_counts(pair) if pair else None
     bulk = client(topo, 'bulk', '--bytes', str(32 << 20), '--timeout',
                   '120')
-    c2 = counters(pair) if pair else None
+    c2 = mc_counts(pair) if pair else None
     row = {'config': label, 'p50_ms': pct(det, 50) * 1000,
            'p99_ms': pct(det, 99) * 1000, 'nd_p50_ms': pct(nd, 50) * 1000,
            'nd_p99_ms': pct(nd, 99) * 1000,
            'MBps': bulk['bytes'] / bulk['seconds'] / 1e6}
     if pair:
-        row['echo'] = rates(c0, c1)
-        row['bulk'] = rates(c1, c2)
+        row['echo'] = mc_rates(c0, c1)
+        row['bulk'] = mc_rates(c1, c2)
     return row
 
 

@@ -129,6 +129,17 @@ class Topology:
     def run_in(self, ns, argv, **kw):
         return subprocess.Popen(['ip', 'netns', 'exec', ns] + argv, **kw)
 
+    def ask(self, *args, timeout=600):
+        """netclient.py in one of its one-shot modes (rtt, bulk, load)
+        from the client's namespace against the guest: its JSON."""
+        out = subprocess.run(
+            ['ip', 'netns', 'exec', self.cl, sys.executable,
+             os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          'netclient.py')] + list(args) +
+            ['--host', GUEST_IP], check=True, stdout=subprocess.PIPE,
+            text=True, timeout=timeout).stdout
+        return json.loads(out)
+
     def client(self, out, host=GUEST_IP, port=7000, interval=10, ns=None):
         return Client(self, ns or self.cl, out, host, port, interval)
 

@@ -15,12 +15,10 @@ acknowledged.  test_net_check_has_teeth runs the same check with
 mc-net-disable and expects it to fail.
 """
 
-import json
 import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 
 from mcnet import GUEST_MAC, Topology, Pair, problems, sh
@@ -297,12 +295,7 @@ def test_net_explicit_filter_backpressure():
         size = 4 << 20
 
         def bulk():
-            p = topo.run_in(topo.cl, ['python3', os.path.join(
-                os.path.dirname(__file__), 'netclient.py'), 'bulk', '--host',
-                '10.77.0.2', '--bytes', str(size)], stdout=subprocess.PIPE,
-                text=True)
-            out, _ = p.communicate(timeout=300)
-            got = json.loads(out)
+            got = topo.ask('bulk', '--bytes', str(size), timeout=300)
             mc = pair.mc()
             print('bulk %d bytes in %.2f s; throttled %d times, held at most '
                   '%d bytes' % (got['bytes'], got['seconds'],

@@ -15,28 +15,15 @@ of time such checkpoints pause the guest.  Behaviour, with wide margins
   - the output-commit invariant (test_net.check_trace) holds throughout.
 """
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
-from mcnet import GUEST_IP, Pair, Topology
+from mcnet import Pair, Topology
 from mcvm import workdir
 from test_net import check_trace
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CLIENT = os.path.join(HERE, 'netclient.py')
 DELAY = 100
-
-
-def client(topo, *args):
-    out = subprocess.run(['ip', 'netns', 'exec', topo.cl, sys.executable,
-                          CLIENT] + list(args) + ['--host', GUEST_IP],
-                         check=True, stdout=subprocess.PIPE, text=True,
-                         timeout=300).stdout
-    return json.loads(out)
 
 
 def median(values):
@@ -124,11 +111,11 @@ def test_output_trigger_echo_and_idle():
         idle_rate = (m1['checkpoints'] - m0['checkpoints']) / (t1 - t0)
         idle_out = m1['output-checkpoints'] - m0['output-checkpoints']
 
-        rtts = client(topo, 'rtt', '--count', '100', '--interval', '5')
+        rtts = topo.ask('rtt', '--count', '100', '--interval', '5')
         m2 = pair.mc()
         pair.primary.qmp.cmd('migrate-set-parameters',
                              **{'mc-output-latency': 0})
-        fixed = client(topo, 'rtt', '--count', '30', '--interval', '5')
+        fixed = topo.ask('rtt', '--count', '30', '--interval', '5')
         m3 = pair.mc()
         print('idle %.1f checkpoints/s (%d output); echo p50 %.2f ms '
               '(%d output checkpoints, net hold p50 %d us) against %.2f ms '
@@ -167,7 +154,7 @@ def test_output_trigger_budget_bulk():
                              **{'mc-pause-budget': budget})
         pair.start_mc()
         m0, t0 = pair.mc(), time.time()
-        got = client(topo, 'bulk', '--bytes', str(16 << 20), '--timeout',
+        got = topo.ask('bulk', '--bytes', str(16 << 20), '--timeout',
                      '120')
         m1, t1 = pair.mc(), time.time()
         share = pause_share(m0, m1, t1 - t0)
