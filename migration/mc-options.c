@@ -190,9 +190,8 @@ bool mc_caps_check(const bool *new_caps, Error **errp)
 
 /*
  * MC speaks its own protocol both ways on the migration channel after
- * precopy: it needs a two-way stream.  RDMA would need an MC transport
- * of its own (its hooks in ram.c expect the RDMA channel, not MC's
- * staging buffer); a file is one way.
+ * precopy: it needs a two-way stream.  Over rdma: it gets one of its
+ * own (mc-rdma.c), without TLS, like upstream's RDMA; a file is one way.
  */
 bool mc_transport_check(const MigrationAddress *addr, Error **errp)
 {
@@ -206,9 +205,18 @@ bool mc_transport_check(const MigrationAddress *addr, Error **errp)
     }
     switch (addr->transport) {
     case MIGRATION_ADDRESS_TYPE_RDMA:
-        error_setg(errp, "Micro-checkpointing over RDMA is not supported "
-                   "yet: use a tcp: (or unix:) URI");
+#ifdef CONFIG_RDMA
+        if (migrate_tls()) {
+            error_setg(errp, "Micro-checkpointing over RDMA cannot use TLS "
+                       "(tls-creds is set): use a tcp: URI for TLS");
+            return false;
+        }
+        return true;
+#else
+        error_setg(errp, "Micro-checkpointing over RDMA: this QEMU was "
+                   "built without RDMA");
         return false;
+#endif
     case MIGRATION_ADDRESS_TYPE_FILE:
         error_setg(errp, "Micro-checkpointing needs a two-way connection "
                    "to the standby, not a file");

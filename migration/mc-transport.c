@@ -29,12 +29,14 @@ MCTransport *mc_transport_new(QIOChannel *ioc, Error **errp)
     MCTransport *t;
 
     /*
-     * RDMA moves pages by registered memory, not through the channel's
-     * byte stream: MC needs its own transport there (not written yet).
+     * Upstream's RDMA channel, when the standby listened before the mc
+     * capability was set: one-way, pages by registered memory.  MC's own
+     * (mc-rdma.c) is a stream the socket ops drive.
      */
     if (object_dynamic_cast(OBJECT(ioc), "qio-channel-rdma")) {
-        error_setg(errp, "Micro-checkpointing over RDMA is not supported "
-                   "yet: use a tcp: (or unix:) URI");
+        error_setg(errp, "Micro-checkpointing over RDMA needs the mc "
+                   "capability on before the standby listens "
+                   "(-incoming defer, then migrate-incoming rdma:...)");
         return NULL;
     }
     t = g_new0(MCTransport, 1);

@@ -4,10 +4,10 @@
  * The MC code sends and receives messages (mc-wire.h: a header, maybe a
  * payload) through an MCTransport; how the bytes travel is the business
  * of its MCTransportOps.  One transport exists today: a byte stream over
- * any two-way QIOChannel (mc-transport-socket.c: TCP, UNIX, TLS).  An
- * RDMA transport would write checkpoints straight into the standby's
- * staging buffer and need only its own ops; until it exists, MC over
- * RDMA is refused (mc_transport_check, mc_transport_new).
+ * any two-way QIOChannel (mc-transport-socket.c: TCP, UNIX, TLS, and
+ * MC's own RDMA channel, mc-rdma.c).  Writing checkpoints straight from
+ * the staging buffer into the standby's (RDMA WRITE) would be a
+ * transport of its own ops.
  *
  * Framing (the header, the checksums) and liveness stamps are common
  * and live in mc-transport.c: every transport carries the same bytes.

@@ -833,14 +833,26 @@ static void test_mc_bad_args(void)
     hmp = qtest_hmp(qts, "mc-set-delay 70000");
     g_assert_nonnull(strstr(hmp, "between 0 and 60000"));
 
-    /* MC has no RDMA transport yet, and a file is one way */
+    /*
+     * RDMA goes through MC's own channel: without TLS; here (no RDMA
+     * device, or nobody listening) its own error.  A file is one way.
+     */
     qtest_qmp_assert_success(qts, "{ 'execute': 'migrate-set-capabilities',"
                              " 'arguments': { 'capabilities': ["
                              "  { 'capability': 'mc', 'state': true } ] } }");
+    qtest_qmp_assert_success(qts, "{ 'execute': 'migrate-set-parameters',"
+                             " 'arguments': { 'tls-creds': 'tls0' } }");
     rsp = qtest_qmp(qts, "{ 'execute': 'migrate',"
                     " 'arguments': { 'uri': 'rdma:127.0.0.1:4444' } }");
     g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
-                                          "desc"), "RDMA is not supported"));
+                                          "desc"), "cannot use TLS"));
+    qobject_unref(rsp);
+    qtest_qmp_assert_success(qts, "{ 'execute': 'migrate-set-parameters',"
+                             " 'arguments': { 'tls-creds': '' } }");
+    rsp = qtest_qmp(qts, "{ 'execute': 'migrate',"
+                    " 'arguments': { 'uri': 'rdma:127.0.0.1:4444' } }");
+    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                          "desc"), "MC over RDMA: "));
     qobject_unref(rsp);
     mc_refused(qts, "{ 'execute': 'migrate',"
                     " 'arguments': { 'uri': 'file:/dev/null' } }");
