@@ -88,6 +88,10 @@ ln -s python3.11 "$root/usr/bin/python3"
 for t in modprobe insmod lsmod rmmod depmod modinfo; do
     ln -sf ../bin/kmod "$root/usr/sbin/$t"
 done
+# RDMA over soft-RoCE: iproute2's rdma, and libibverbs' rxe provider,
+# which it finds through its driver file
+add_elf /usr/bin/rdma /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so
+add_file /etc/libibverbs.d/rxe.driver
 # tc finds its qdisc modules and distribution tables there
 [ -d /usr/lib/x86_64-linux-gnu/tc ] &&
     cp -a /usr/lib/x86_64-linux-gnu/tc "$root/usr/lib/x86_64-linux-gnu/"
@@ -109,7 +113,7 @@ add_elf "$py"/lib-dynload/*.so
 
 # The kernel's modules for KVM, the test network and (issue 23) RDMA,
 # with what they depend on, then their index.
-mods="kvm_amd tun bridge veth sch_tbf qemu_fw_cfg rdma_rxe ib_uverbs rdma_ucm
+mods="kvm_amd tun bridge veth dummy sch_tbf qemu_fw_cfg rdma_rxe ib_uverbs rdma_ucm
       crc32_generic"
 for m in $mods; do
     modprobe -d "$work/k" -S "$kver" --show-depends "$m" |

@@ -59,7 +59,8 @@ class ColoPair:
         args = guest_args(app, mem=mem, machine='pc') + nodelay_args(nodelay)
 
         def ns(role):
-            return ['ip', 'netns', 'exec', topo.ns_of(role)] if topo else ()
+            ns = topo.ns_of(role) if topo else None
+            return ['ip', 'netns', 'exec', ns] if ns else ()
 
         self.primary = VM('colo-primary', args + targs, wd,
                           wrapper=ns('primary'))

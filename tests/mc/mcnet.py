@@ -38,6 +38,8 @@ GUEST_MAC1 = '52:54:00:77:01:02'
 MIG_PORT = 4444
 LINK_HV_IP = '10.77.9.1'
 LINK_SB_IP = '10.77.9.2'
+# soft-RoCE's address for the migration channel (Topology.rdma)
+RDMA_IP = '10.77.8.1'
 
 
 def sh(*cmd, check=True):
@@ -93,30 +95,57 @@ class Topology:
         sh('ip', '-n', self.cl, 'addr', 'add', CLIENT_IP + '/24', 'dev', 'vc1')
         sh('ip', '-n', self.cl, 'link', 'set', 'vc1', 'up')
 
+    def rdma(self):
+        """soft-RoCE for the migration channel: an rxe device on a dummy
+        NIC; returns its address.  In the host's own namespace, and both
+        QEMUs run there (their taps still go to the hypervisor's bridge):
+        the kernel's rxe (6.1) receives in that namespace only.  Skip
+        where the kernel has no rdma_rxe (this host: the RDMA tests run
+        in the lab, tests/lab)."""
+        if self.link:
+            raise Skip('RDMA runs without the shaped link')
+        for mod in ('dummy', 'rdma_rxe', 'rdma_ucm', 'ib_uverbs'):
+            sh('modprobe', mod, check=False)
+        if not os.path.exists('/sys/module/rdma_rxe') or \
+                not shutil.which('rdma'):
+            raise Skip('no soft-RoCE here (rdma_rxe, iproute2\'s rdma): '
+                       'the RDMA tests run in the lab')
+        dev = 'mcrdma' + self.tag
+        sh('ip', 'link', 'add', dev, 'type', 'dummy')
+        self.rdma_dev = dev
+        sh('ip', 'addr', 'add', RDMA_IP + '/24', 'dev', dev)
+        sh('ip', 'link', 'set', dev, 'up')
+        sh('rdma', 'link', 'add', 'mcrxe' + self.tag, 'type', 'rxe',
+           'netdev', dev)
+        self.rxe = 'mcrxe' + self.tag
+        return RDMA_IP
+
     def tap_name(self, role, i=0):
         return 'mc%s%d%s' % (role[0], i, self.tag)
 
     def ns_of(self, role):
-        """The namespace a role's QEMU runs in."""
+        """The namespace a role's QEMU runs in (None: the host's own)."""
+        if getattr(self, 'rxe', None):
+            return None
         return self.sb if role == 'standby' else self.hv
 
     def mig_host(self):
         """Where the standby listens for the migration channel."""
         return LINK_SB_IP if self.link else '127.0.0.1'
 
-    def plug(self, tap, ns=None):
-        """Put a tap QEMU created (in @ns, default the hypervisor's) on
-        the bridge; waits for it to exist."""
-        ns = ns or self.hv
+    def plug(self, tap, ns=False):
+        """Put a tap QEMU created (in @ns, default the hypervisor's, None
+        the host's own) on the bridge; waits for it to exist."""
+        ns = self.hv if ns is False else ns
+        ip = ['ip', '-n', ns] if ns else ['ip']
         deadline = time.time() + 30
-        while 'state' not in sh('ip', '-n', ns, 'link', 'show', tap,
-                                check=False):
+        while 'state' not in sh(*ip, 'link', 'show', tap, check=False):
             if time.time() > deadline:
                 raise RuntimeError('tap %s did not appear' % tap)
             time.sleep(0.05)
         if ns != self.hv:
             # QEMU keeps its file descriptor; the device changes namespace
-            sh('ip', '-n', ns, 'link', 'set', tap, 'netns', self.hv)
+            sh(*ip, 'link', 'set', tap, 'netns', self.hv)
         sh('ip', '-n', self.hv, 'link', 'set', tap, 'master', 'br0', 'up')
         self.taps.append(tap)
 
@@ -144,6 +173,10 @@ class Topology:
         return Client(self, ns or self.cl, out, host, port, interval)
 
     def close(self):
+        if getattr(self, 'rxe', None):
+            sh('rdma', 'link', 'delete', self.rxe, check=False)
+        if getattr(self, 'rdma_dev', None):
+            sh('ip', 'link', 'del', self.rdma_dev, check=False)
         for ns in sorted({self.cl, self.hv, self.sb}):
             sh('ip', 'netns', 'del', ns, check=False)
 
@@ -256,18 +289,24 @@ class Pair:
                  hb_timeout=10000, policy='safe', trace=None, mem='256M',
                  tcpserv_ms=20, app='', primary_extra=(), mc=True,
                  machine='q35', role_args=None, more_caps=(),
-                 binary=None):
+                 binary=None, rdma=False):
         self.topo = topo
         self.mig_port = MIG_PORT if topo else free_port()
+        # rdma: the migration channel over soft-RoCE (Topology.rdma); the
+        # standby listens only once mc is on (migrate-incoming)
+        self.scheme = 'rdma' if rdma else 'tcp'
         append = 'mc.ip=%s/24 mc.tcpserv=7000,%d %s' % (GUEST_IP, tcpserv_ms,
                                                          app)
         if len(nics) > 1:
             append += ' mc.ip1=10.0.2.15/24'
         self.vms = {}
         self.mig_host = topo.mig_host() if topo else '127.0.0.1'
+        if rdma:
+            self.mig_host = topo.rdma()
         assert topo or not nics, 'NICs need a Topology'
         for role in ('primary', 'standby'):
-            wrapper = ['ip', 'netns', 'exec', topo.ns_of(role)] if topo else []
+            ns = topo.ns_of(role) if topo else None
+            wrapper = ['ip', 'netns', 'exec', ns] if ns else []
             extra = []
             for i, kind in enumerate(nics):
                 mac = GUEST_MAC if i == 0 else GUEST_MAC1
@@ -281,8 +320,7 @@ class Pair:
                 extra += ['-device', 'virtio-net-pci,netdev=n%d,mac=%s' %
                           (i, mac)]
             if role == 'standby':
-                extra += ['-incoming', 'tcp:%s:%d' % (self.mig_host,
-                                                       self.mig_port)]
+                extra += ['-incoming', 'defer' if rdma else self.uri()]
             else:
                 extra += list(primary_extra)
                 if trace:
@@ -308,10 +346,14 @@ class Pair:
             vm.qmp.cmd('migrate-set-parameters', **{
                 'mc-delay': delay, 'mc-heartbeat-timeout': hb_timeout,
                 'mc-failover-policy': policy})
+        if rdma and mc:
+            self.standby.qmp.cmd('migrate-incoming', uri=self.uri())
+
+    def uri(self):
+        return '%s:%s:%d' % (self.scheme, self.mig_host, self.mig_port)
 
     def start_mc(self, timeout=180):
-        self.primary.qmp.cmd('migrate', uri='tcp:%s:%d' % (self.mig_host,
-                                                            self.mig_port))
+        self.primary.qmp.cmd('migrate', uri=self.uri())
         wait_migration(self.primary.qmp, 'mc', timeout=timeout)
         # checkpoints flowing: the standby has acknowledged a few
         deadline = time.time() + 60

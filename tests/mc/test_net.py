@@ -146,11 +146,11 @@ def test_net_check_has_teeth():
         teardown(wd, topo, pair, [client] if client else [])
 
 
-def failover_run(name, net, delay):
+def failover_run(name, net, delay, **kw):
     """Stream with echoes, kill -9 the primary, let the standby go on
     for 150 records; returns the client's events and the record number
-    at the kill."""
-    wd, topo, pair = setup(name, delay=delay, net=net)
+    at the kill.  @kw: more for the Pair."""
+    wd, topo, pair = setup(name, delay=delay, net=net, **kw)
     client = None
     try:
         pair.start_mc()
