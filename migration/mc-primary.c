@@ -606,7 +606,7 @@ static void *mc_primary_tx_thread(void *opaque)
         if (ret < 0) {
             qemu_mutex_unlock(&mc->lock);
             error_free(err);
-            mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+            mc_peer_lost(mc, mc_transport_loss_reason(mc->transport));
             qemu_mutex_lock(&mc->lock);
             break;
         }

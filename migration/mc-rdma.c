@@ -51,6 +51,7 @@
 #include "block/aio.h"
 #include "channel.h"
 #include "mc-rdma.h"
+#include "mc-transport.h"
 #include "trace.h"
 
 #define MC_RDMA_BUF_SIZE        (64 * KiB)
@@ -134,7 +135,8 @@ mc_rdma_fail_locked(QIOChannelMCRdma *r, const char *fmt, ...)
 {
     va_list ap;
 
-    if (r->broken || r->closing) {
+    /* after the peer's disconnect, errors are its consequences */
+    if (r->broken || r->closing || r->peer_gone) {
         return;
     }
     va_start(ap, fmt);
@@ -573,6 +575,17 @@ static void mc_rdma_teardown(QIOChannelMCRdma *r)
     r->mem = NULL;
 }
 
+bool mc_rdma_link_failed(QIOChannel *ioc)
+{
+    QIOChannelMCRdma *r = QIO_CHANNEL_MC_RDMA(ioc);
+    bool failed;
+
+    qemu_mutex_lock(&r->lock);
+    failed = r->broken != NULL;
+    qemu_mutex_unlock(&r->lock);
+    return failed;
+}
+
 static int mc_rdma_close(QIOChannel *ioc, Error **errp)
 {
     mc_rdma_teardown(QIO_CHANNEL_MC_RDMA(ioc));
@@ -658,9 +671,21 @@ static const TypeInfo mc_rdma_info = {
     .class_init = mc_rdma_class_init,
 };
 
+/* MC's messages over this channel: the socket ops, and link_failed */
+static MCTransportOps mc_rdma_transport_ops;
+
+static bool mc_rdma_transport_link_failed(MCTransport *t)
+{
+    return mc_rdma_link_failed(t->ioc);
+}
+
 static void mc_rdma_register_types(void)
 {
     type_register_static(&mc_rdma_info);
+    mc_rdma_transport_ops = mc_transport_socket_ops;
+    mc_rdma_transport_ops.name = "rdma";
+    mc_rdma_transport_ops.link_failed = mc_rdma_transport_link_failed;
+    mc_transport_register(TYPE_QIO_CHANNEL_MC_RDMA, &mc_rdma_transport_ops);
 }
 
 type_init(mc_rdma_register_types);

@@ -180,7 +180,7 @@ static void *mc_standby_rx_thread(void *opaque)
         if (ret < 0) {
             /* the partial checkpoint is dropped: the last one stays */
             error_report_err(err);
-            mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+            mc_peer_lost(mc, mc_transport_loss_reason(mc->transport));
             break;
         }
         if (ret == 0) {

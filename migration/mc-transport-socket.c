@@ -2,8 +2,10 @@
  * Micro-checkpointing (MC): the socket transport.
  *
  * Messages as a byte stream over the migration channel itself: TCP,
- * UNIX, or TLS over either (the TLS channel wraps the socket one).
- * Checkpoints are written from the staging buffer and read into it.
+ * UNIX, or TLS over either (the TLS channel wraps the socket one), or
+ * MC's RDMA channel (mc-rdma.c registers these ops with its own
+ * link_failed).  Checkpoints are written from the staging buffer and
+ * read into it.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -99,3 +101,4 @@ const MCTransportOps mc_transport_socket_ops = {
     .shutdown_write = mc_socket_shutdown_write,
     .drain_by = mc_socket_drain_by,
 };
+

@@ -24,9 +24,26 @@ static int64_t mc_transport_now_us(void)
     return qemu_clock_get_us(QEMU_CLOCK_REALTIME);
 }
 
+/* Registered at start-up (type_init), read-only after */
+static struct {
+    const char *type;
+    const MCTransportOps *ops;
+} mc_transports[4];
+static int mc_transports_n;
+
+void mc_transport_register(const char *channel_type,
+                           const MCTransportOps *ops)
+{
+    assert(mc_transports_n < ARRAY_SIZE(mc_transports));
+    mc_transports[mc_transports_n].type = channel_type;
+    mc_transports[mc_transports_n].ops = ops;
+    mc_transports_n++;
+}
+
 MCTransport *mc_transport_new(QIOChannel *ioc, Error **errp)
 {
     MCTransport *t;
+    int i;
 
     /*
      * Upstream's RDMA channel, when the standby listened before the mc
@@ -41,6 +58,11 @@ MCTransport *mc_transport_new(QIOChannel *ioc, Error **errp)
     }
     t = g_new0(MCTransport, 1);
     t->ops = &mc_transport_socket_ops;
+    for (i = 0; i < mc_transports_n; i++) {
+        if (object_dynamic_cast(OBJECT(ioc), mc_transports[i].type)) {
+            t->ops = mc_transports[i].ops;
+        }
+    }
     t->ioc = ioc;
     object_ref(OBJECT(ioc));
     qemu_mutex_init(&t->send_lock);
@@ -60,6 +82,14 @@ void mc_transport_free(MCTransport *t)
     object_unref(OBJECT(t->ioc));
     qemu_mutex_destroy(&t->send_lock);
     g_free(t);
+}
+
+MCLossReason mc_transport_loss_reason(MCTransport *t)
+{
+    if (t->ops->link_failed && t->ops->link_failed(t)) {
+        return MC_LOSS_REASON_LINK_FAILED;
+    }
+    return MC_LOSS_REASON_PEER_CLOSED;
 }
 
 void mc_transport_setup(MCTransport *t)

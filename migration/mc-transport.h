@@ -20,6 +20,7 @@
 
 #include "qemu/thread.h"
 #include "io/channel.h"
+#include "qapi/qapi-types-mc.h"
 #include "mc-wire.h"
 
 typedef struct MCTransport MCTransport;
@@ -56,6 +57,12 @@ typedef struct MCTransportOps {
      * or @deadline_us (realtime clock) passes; nobody else reads.
      */
     void (*drain_by)(MCTransport *t, int64_t deadline_us);
+    /*
+     * Optional: after a failed read or write, was it the link's own
+     * failure, which proves nothing about the peer?  Without it every
+     * failure counts as the peer's closing (a socket's reset or end).
+     */
+    bool (*link_failed)(MCTransport *t);
     void (*free)(MCTransport *t);
 } MCTransportOps;
 
@@ -79,6 +86,12 @@ void mc_transport_setup(MCTransport *t);
 void mc_transport_shutdown(MCTransport *t);
 void mc_transport_shutdown_write(MCTransport *t);
 void mc_transport_drain_by(MCTransport *t, int64_t deadline_us);
+
+/*
+ * Why a read or write just failed, for the failover policy: the peer
+ * closed the link, or the link itself failed (@ops.link_failed).
+ */
+MCLossReason mc_transport_loss_reason(MCTransport *t);
 
 /* Send one message (mc_wire_send's contract): 0 or -1 with @errp. */
 int mc_transport_send(MCTransport *t, MCMsgType type, uint32_t flags,
@@ -117,5 +130,12 @@ int mc_transport_recv_payload(MCTransport *t, const MCWireHeader *h,
 
 /* The socket transport (mc-transport-socket.c) */
 extern const MCTransportOps mc_transport_socket_ops;
+
+/*
+ * Use @ops for channels of QOM type @channel_type (or a subtype) instead
+ * of the socket ops: MC's RDMA channel registers its own at start-up.
+ */
+void mc_transport_register(const char *channel_type,
+                           const MCTransportOps *ops);
 
 #endif

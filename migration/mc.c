@@ -299,7 +299,7 @@ bool mc_recv_header(MCSession *mc, uint64_t max_len, MCWireHeader *h)
         mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
     } else {
         error_free(err);
-        mc_peer_lost(mc, MC_LOSS_REASON_PEER_CLOSED);
+        mc_peer_lost(mc, mc_transport_loss_reason(mc->transport));
     }
     return false;
 }

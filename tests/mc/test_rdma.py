@@ -19,7 +19,7 @@ import shutil
 import signal
 import time
 
-from mcnet import Pair, Topology
+from mcnet import Pair, Topology, sh
 from mcvm import workdir
 from test_consistency import memory_after_checkpoints
 from test_net import failover_run, problems, srv_count
@@ -122,6 +122,39 @@ def test_rdma_upstream_listener_refuses():
                 time.sleep(0.1)
         print('primary: %s' % err)
         assert 'MC over RDMA' in err and 'refused' in err, err
+        assert pair.primary.qmp.cmd('query-status')['status'] == 'running'
+    finally:
+        if pair:
+            pair.close()
+        topo.close()
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def test_rdma_link_down():
+    """The RDMA link goes down under the safe policy: neither side may
+    take the link's failure for a dead peer.  The standby reports the
+    loss (link-failed, or heartbeat-timeout when the link just goes
+    silent) and keeps its guest stopped; the primary runs on."""
+    wd = workdir('rdmalink')
+    topo = Topology()
+    pair = None
+    try:
+        pair = Pair(topo, wd, rdma=True, hb_timeout=2000)
+        pair.start_mc()
+        mode = os.environ.get('MC_RDMA_CUT', 'down')
+        if mode == 'down':
+            sh('ip', 'link', 'set', topo.rdma_dev, 'down')
+        else:
+            sh('rdma', 'link', 'delete', topo.rxe)
+        ev = pair.standby.qmp.wait_event('MC_PEER_LOST', timeout=60)
+        print('standby: %s; primary: %s' % (
+            ev['data'], pair.mc()['state']))
+        assert ev['data']['reason'] in ('link-failed', 'heartbeat-timeout'), ev
+        time.sleep(3)
+        st = pair.standby.qmp.cmd('query-status')['status']
+        assert st != 'running', st
+        assert pair.mc(pair.standby)['state'] == 'waiting', \
+            pair.mc(pair.standby)
         assert pair.primary.qmp.cmd('query-status')['status'] == 'running'
     finally:
         if pair:
