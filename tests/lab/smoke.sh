@@ -11,6 +11,8 @@
 #            by the ring's bound (test_dirty_bound)
 #   kills    kill -9 of the primary under a disk writer, a TCP stream and
 #            mc-dirty's check mode (reliability.py's primary-kill)
+#   rdma     MC over soft-RoCE (test_rdma: memory check, kills of either
+#            side under a TCP stream, link down, upstream's listener)
 # mc-delay 0 with a disk writer starves the guest in the lab (every
 # instruction emulated: a record every few seconds): the disk variants
 # run at mc-delay 10 and 100 only.
@@ -22,5 +24,6 @@ udp) exec python3 tests/mc/run.py --suite functional test_udp_failover ;;
 memory) exec python3 tests/mc/run.py --suite functional test_consistency \
            test_dirty_bound ;;
 kills) exec python3 tests/mc/reliability.py --cases primary-kill --runs 2 ;;
+rdma) exec python3 tests/mc/run.py --suite functional test_rdma ;;
 *) echo "smoke.sh: no part $2"; exit 2 ;;
 esac
