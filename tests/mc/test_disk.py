@@ -41,10 +41,11 @@ OOPS = re.compile(r'(?:Kernel panic|Oops|BUG:|general protection|'
 
 
 def kill_run(name, fmt='raw', style='drive', bus='blk', delay=100,
-             disable=False, rng=random):
+             disable=False, rng=random, **kw):
     """One run: MC with the writer going, kill -9 of the primary at a
     random moment, the writer goes on on the standby, then verify and
-    fsck the standby's image.  Returns (problems, summary)."""
+    fsck the standby's image.  Returns (problems, summary).  @kw: more
+    for the DiskPair."""
     need_tools()
     topo = Topology()
     wd = workdir(name)
@@ -61,7 +62,8 @@ def kill_run(name, fmt='raw', style='drive', bus='blk', delay=100,
             make_empty_image(s_img, fmt)
         pair = DiskPair(topo, wd, Disk(p_img, fmt, style, bus),
                         Disk(s_img, fmt, style, bus), delay=delay,
-                        more_caps=('mc-disk-disable',) if disable else ())
+                        more_caps=('mc-disk-disable',) if disable else (),
+                        **kw)
         pair.start_mc()
         stats0 = pair.disk_stats()
         if not disable and stats0.get('disk-count') != 1:

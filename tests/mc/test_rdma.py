@@ -9,7 +9,11 @@ lab (tests/lab), where the lab smoke runs them with KVM guests.
 - the standby's memory equals the primary's after checkpoints;
 - kill -9 of the primary under a client's TCP stream: the standby takes
   over, the stream goes on with no gap, no reset, no duplicate;
+- kill -9 of the primary under the disk writer: every acknowledged
+  record on the standby's disk, e2fsck clean;
 - kill -9 of the standby: the primary releases what it held and runs on;
+- a standby that stops reading (SIGSTOP): the primary does not wedge;
+- the link set down under the safe policy: the standby waits;
 - a standby that listens with upstream's RDMA (mc off when it started
   listening) refuses MC's connection, and the primary says why.
 """
@@ -22,6 +26,7 @@ import time
 from mcnet import Pair, Topology, sh
 from mcvm import workdir
 from test_consistency import memory_after_checkpoints
+from test_disk import describe, kill_run
 from test_net import failover_run, problems, srv_count
 
 RUN_S = 5
@@ -161,3 +166,46 @@ def test_rdma_link_down():
             pair.close()
         topo.close()
         shutil.rmtree(wd, ignore_errors=True)
+
+
+def test_rdma_standby_stopped():
+    """A standby that stops reading (SIGSTOP) posts no more receives:
+    the primary's writes wait for credits, its heartbeat watchdog
+    declares the standby lost, and the primary runs on, its held
+    output released: nothing wedges."""
+    wd = workdir('rdmastopped')
+    topo = Topology()
+    pair = client = None
+    try:
+        pair = Pair(topo, wd, rdma=True, hb_timeout=2000)
+        pair.start_mc()
+        client = topo.client(os.path.join(wd, 'client'))
+        client.wait(lambda evs: srv_count(evs) >= 20)
+        os.kill(pair.standby.proc.pid, signal.SIGSTOP)
+        ev = pair.primary.qmp.wait_event('MC_FAILOVER', timeout=30)
+        assert ev['data']['role'] == 'primary', ev
+        mc = pair.mc()
+        print('primary: %s after %d checkpoints' % (mc['state'],
+                                                    mc['checkpoints']))
+        n0 = client.count()
+        client.wait(lambda evs: srv_count(evs) >= n0 + 50)
+        assert pair.mc()['net-held-packets'] == 0, pair.mc()
+        evs = client.stop()
+        client = None
+        assert not problems(evs), problems(evs)
+    finally:
+        if client:
+            client.stop()
+        if pair:
+            pair.close()
+        topo.close()
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def test_rdma_disk_kill_primary():
+    """Disks over RDMA: kill -9 of the primary while the guest writes
+    (test_disk's run): every record the client was told about is on
+    the standby's disk, and its file system checks clean."""
+    problems, summary = kill_run('rdmadisk', delay=50, rdma=True)
+    print(describe(0, summary, problems))
+    assert not problems, problems
