@@ -12,6 +12,7 @@
 #   make lab     the KVM lab image (a VM run under TCG with nested SVM)
 #   make check-lab  build, then every KVM test inside the lab
 #   make lab-bench  MC's pause under KVM against stop+cont, in the lab
+#   make lab-bench-rdma  MC over RDMA (soft-RoCE) against TCP, in the lab
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
 #   make libvirt-debs  Debian's libvirt packages with our series (build/libvirt-debs)
@@ -84,7 +85,7 @@ NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/qtest/mc-test
 
 .PHONY: all setup base configure build build-asan check-asan guest check test check-disk-long demo bench debs \
-	check-reliability build-fuzz check-fuzz lab check-lab lab-bench \
+	check-reliability build-fuzz check-fuzz lab check-lab lab-bench lab-bench-rdma \
 	libvirt libvirt-debs \
 	clean distclean
 
@@ -178,6 +179,14 @@ lab-bench: setup
 	@/usr/bin/python3 tests/lab/lab.py --name labbench --timeout 1800 \
 		--shell 'python3 bench/labbench.py'
 	@/usr/bin/python3 bench/labbench.py --from-log $(BUILD)/lab/logs/labbench.log
+
+# MC over RDMA (soft-RoCE) against MC over TCP, in the lab (nested:
+# ratios only): docs/bench/rdma-lab.md, part of docs/benchmarks.md.
+lab-bench-rdma: setup
+	@$(MAKE) --no-print-directory lab
+	@/usr/bin/python3 tests/lab/lab.py --name rdmabench --timeout 1800 \
+		--shell 'MC_TEST_ACCEL=kvm python3 bench/rdmabench.py'
+	@/usr/bin/python3 bench/rdmabench.py --from-log $(BUILD)/lab/logs/rdmabench.log
 
 # Debian 12 packages of the fork, installable beside Debian's QEMU.
 debs: setup

@@ -408,6 +408,7 @@ static ssize_t mc_rdma_readv(QIOChannel *ioc, const struct iovec *iov,
             qemu_mutex_unlock(&r->lock);
             return QIO_CHANNEL_ERR_BLOCK;
         }
+        trace_mc_rdma_wait("read", r->credits, r->tx_nfree, r->owed);
         qemu_cond_wait(&r->cond, &r->lock);
     }
     while (done < want && r->rx_count && !r->eof && !r->rd_shut) {
@@ -459,6 +460,7 @@ static ssize_t mc_rdma_writev(QIOChannel *ioc, const struct iovec *iov,
             if (!r->blocking) {
                 goto out;
             }
+            trace_mc_rdma_wait("write", r->credits, r->tx_nfree, r->owed);
             qemu_cond_wait(&r->cond, &r->lock);
         }
         if (r->broken) {
