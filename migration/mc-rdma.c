@@ -63,6 +63,8 @@
 #define MC_RDMA_WR_CTL          (2 * MC_RDMA_NBUF)
 /* Each step of setting up a connection */
 #define MC_RDMA_TIMEOUT_MS      5000
+/* How long shutdown lets posted SENDs complete (a last NACK or STOP) */
+#define MC_RDMA_LINGER_MS       50
 #define MC_RDMA_MAGIC           0x4d435231      /* "MCR1" */
 
 /* In the private data of the connection request and of its acceptance */
@@ -109,6 +111,7 @@ struct QIOChannelMCRdma {
     uint8_t tx_free[MC_RDMA_NBUF];
     unsigned tx_nfree;
     unsigned credits;           /* the peer's receives this side may use */
+    unsigned ctl_inflight;      /* credit-only SENDs not yet completed */
     unsigned owed;              /* receives posted again, not yet told */
     bool eof;                   /* the peer's FIN was read */
     bool peer_gone;             /* the peer disconnected */
@@ -220,6 +223,7 @@ static bool mc_rdma_post_send_locked(QIOChannelMCRdma *r, int slot,
         mc_rdma_fail_locked(r, "posting a send failed: %s", strerror(ret));
         return false;
     }
+    r->ctl_inflight += slot < 0;
     return true;
 }
 
@@ -270,6 +274,8 @@ static void mc_rdma_complete_locked(QIOChannelMCRdma *r, struct ibv_wc *wc)
 
     if (wc->wr_id < MC_RDMA_NBUF) {
         r->tx_free[r->tx_nfree++] = wc->wr_id;
+    } else if (wc->wr_id == MC_RDMA_WR_CTL) {
+        r->ctl_inflight--;
     }
     if (wc->status == IBV_WC_WR_FLUSH_ERR) {
         /*
@@ -301,18 +307,12 @@ static void mc_rdma_complete_locked(QIOChannelMCRdma *r, struct ibv_wc *wc)
     r->rx_fin[slot] = imm & MC_RDMA_FIN;
 }
 
-static void mc_rdma_poll_cq(QIOChannelMCRdma *r)
+/* File every completion the queue holds now */
+static void mc_rdma_drain_cq(QIOChannelMCRdma *r)
 {
     struct ibv_wc wc[16];
-    struct ibv_cq *cq;
-    void *ctx;
     int n, i;
 
-    if (ibv_get_cq_event(r->compch, &cq, &ctx) == 0) {
-        ibv_ack_cq_events(cq, 1);
-    }
-    /* Re-arm first: a completion after the last poll still wakes us */
-    ibv_req_notify_cq(r->cq, 0);
     while ((n = ibv_poll_cq(r->cq, ARRAY_SIZE(wc), wc)) != 0) {
         qemu_mutex_lock(&r->lock);
         if (n < 0) {
@@ -330,6 +330,57 @@ static void mc_rdma_poll_cq(QIOChannelMCRdma *r)
     }
 }
 
+static void mc_rdma_poll_cq(QIOChannelMCRdma *r)
+{
+    struct ibv_cq *cq;
+    void *ctx;
+
+    if (ibv_get_cq_event(r->compch, &cq, &ctx) == 0) {
+        ibv_ack_cq_events(cq, 1);
+    }
+    /* Re-arm first: a completion after the last poll still wakes us */
+    ibv_req_notify_cq(r->cq, 0);
+    mc_rdma_drain_cq(r);
+}
+
+/*
+ * The adapter's asynchronous events (the context's, shared by every
+ * connection of the process): a fatal error on this queue pair or
+ * completion queue, or on the device, produces no completion at all.
+ */
+static void mc_rdma_async_event(QIOChannelMCRdma *r)
+{
+    struct ibv_async_event ev;
+    bool ours = false;
+
+    if (ibv_get_async_event(r->id->verbs, &ev)) {
+        return;
+    }
+    switch (ev.event_type) {
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+        ours = ev.element.qp == r->id->qp;
+        break;
+    case IBV_EVENT_CQ_ERR:
+        ours = ev.element.cq == r->cq;
+        break;
+    case IBV_EVENT_DEVICE_FATAL:
+        ours = true;
+        break;
+    default:
+        break;
+    }
+    trace_mc_rdma_event(ibv_event_type_str(ev.event_type));
+    if (ours) {
+        qemu_mutex_lock(&r->lock);
+        mc_rdma_fail_locked(r, "%s", ibv_event_type_str(ev.event_type));
+        mc_rdma_update_locked(r);
+        qemu_mutex_unlock(&r->lock);
+    }
+    ibv_ack_async_event(&ev);
+}
+
 static void mc_rdma_cm_event(QIOChannelMCRdma *r)
 {
     struct rdma_cm_event *ev;
@@ -341,6 +392,10 @@ static void mc_rdma_cm_event(QIOChannelMCRdma *r)
     type = ev->event;
     rdma_ack_cm_event(ev);
     trace_mc_rdma_event(rdma_event_str(type));
+    if (type == RDMA_CM_EVENT_DISCONNECTED) {
+        /* what the peer sent before it left is read before its end */
+        mc_rdma_drain_cq(r);
+    }
     qemu_mutex_lock(&r->lock);
     switch (type) {
     case RDMA_CM_EVENT_DISCONNECTED:
@@ -363,12 +418,15 @@ static void mc_rdma_cm_event(QIOChannelMCRdma *r)
 static void *mc_rdma_thread(void *opaque)
 {
     QIOChannelMCRdma *r = opaque;
-    struct pollfd pfd[3] = {
+    struct pollfd pfd[4] = {
         { .fd = r->compch->fd, .events = POLLIN },
         { .fd = r->evch->fd, .events = POLLIN },
         { .fd = event_notifier_get_fd(&r->stop), .events = POLLIN },
+        { .fd = r->id->verbs->async_fd, .events = POLLIN },
     };
 
+    /* shared with any other user of the device: never block on it */
+    g_unix_set_fd_nonblocking(pfd[3].fd, true, NULL);
     for (;;) {
         if (poll(pfd, ARRAY_SIZE(pfd), -1) < 0) {
             if (errno == EINTR) {
@@ -388,6 +446,9 @@ static void *mc_rdma_thread(void *opaque)
         }
         if (pfd[1].revents) {
             mc_rdma_cm_event(r);
+        }
+        if (pfd[3].revents) {
+            mc_rdma_async_event(r);
         }
     }
     return NULL;
@@ -450,6 +511,9 @@ static ssize_t mc_rdma_writev(QIOChannel *ioc, const struct iovec *iov,
     size_t done = 0;
     ssize_t ret = 0;
 
+    if (!total) {
+        return 0;
+    }
     qemu_mutex_lock(&r->lock);
     while (done < total) {
         unsigned slot;
@@ -519,28 +583,41 @@ static int mc_rdma_shutdown(QIOChannel *ioc, QIOChannelShutdown how,
         r->fin_pending = true;
         mc_rdma_send_control_locked(r);
     }
-    if (how == QIO_CHANNEL_SHUTDOWN_BOTH) {
-        r->closing = true;
-    }
     mc_rdma_update_locked(r);
-    qemu_mutex_unlock(&r->lock);
-    if (how == QIO_CHANNEL_SHUTDOWN_BOTH && r->id) {
-        /* the peer sees the link end now, not at its next timeout */
-        rdma_disconnect(r->id);
+    if (how == QIO_CHANNEL_SHUTDOWN_BOTH) {
+        /*
+         * Disconnecting flushes SENDs not yet delivered: let a last
+         * message (a NACK, STOP) go first, as a socket's would, briefly.
+         */
+        int64_t end = g_get_monotonic_time() + MC_RDMA_LINGER_MS * 1000;
+
+        while ((r->tx_nfree < MC_RDMA_NBUF || r->ctl_inflight) &&
+               !r->broken && !r->peer_gone && r->id &&
+               g_get_monotonic_time() < end) {
+            qemu_cond_timedwait(&r->cond, &r->lock, 5);
+        }
+        r->closing = true;
+        if (r->id) {
+            /* the peer sees the link end now, not at its next timeout */
+            rdma_disconnect(r->id);
+        }
     }
+    qemu_mutex_unlock(&r->lock);
     return 0;
 }
 
 static void mc_rdma_teardown(QIOChannelMCRdma *r)
 {
+    struct rdma_cm_id *id;
+
     qemu_mutex_lock(&r->lock);
     r->closing = true;
     r->rd_shut = r->wr_shut = true;
     mc_rdma_update_locked(r);
-    qemu_mutex_unlock(&r->lock);
     if (r->id && r->id->qp) {
         rdma_disconnect(r->id);
     }
+    qemu_mutex_unlock(&r->lock);
     if (r->thread_running) {
         event_notifier_set(&r->stop);
         qemu_thread_join(&r->thread);
@@ -565,9 +642,12 @@ static void mc_rdma_teardown(QIOChannelMCRdma *r)
         ibv_dealloc_pd(r->pd);
         r->pd = NULL;
     }
-    if (r->id) {
-        rdma_destroy_id(r->id);
-        r->id = NULL;
+    qemu_mutex_lock(&r->lock);
+    id = r->id;
+    r->id = NULL;       /* shutdown() after close() finds none */
+    qemu_mutex_unlock(&r->lock);
+    if (id) {
+        rdma_destroy_id(id);
     }
     if (r->evch) {
         rdma_destroy_event_channel(r->evch);
@@ -739,8 +819,15 @@ static bool mc_rdma_setup_verbs(QIOChannelMCRdma *r, Error **errp)
     r->compch = r->pd ? ibv_create_comp_channel(verbs) : NULL;
     r->cq = r->compch ? ibv_create_cq(verbs, 3 * MC_RDMA_NBUF + 8, NULL,
                                       r->compch, 0) : NULL;
-    if (!r->cq || ibv_req_notify_cq(r->cq, 0)) {
+    if (!r->cq) {
         error_setg_errno(errp, errno, "MC over RDMA: cannot set up %s",
+                         ibv_get_device_name(verbs->device));
+        return false;
+    }
+    ret = ibv_req_notify_cq(r->cq, 0);
+    if (ret) {
+        error_setg_errno(errp, ret, "MC over RDMA: cannot arm the "
+                         "completion queue of %s",
                          ibv_get_device_name(verbs->device));
         return false;
     }

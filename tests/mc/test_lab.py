@@ -6,8 +6,8 @@ dirty bitmap and with its dirty ring, the exactly-once UDP check across
 kill -9 of the primary at mc-delay 100, 10 and 0 (it also fails on any
 checkpoint that polled the main loop after its output barrier, as KVM's
 register fetch and dirty-ring flush once did), and the standby's memory
-against the primary's page by page; and MC over soft-RoCE (test_rdma,
-with KVM's bitmap).  The kills under a disk writer, a
+against the primary's page by page; and MC over soft-RoCE (test_rdma's
+memory check and kill of the primary, with KVM's bitmap).  The kills under a disk writer, a
 TCP stream and mc-dirty's check mode (smoke.sh's "kills") are left to
 `make check-lab`: in the lab they brought its own kernel down in 3
 boots of 5 (docs/devel/mc-kvm-lab.rst).
