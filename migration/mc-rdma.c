@@ -668,6 +668,23 @@ bool mc_rdma_link_failed(QIOChannel *ioc)
     return failed;
 }
 
+/*
+ * Would a small write on @ioc go without waiting for credits?  (Or fail
+ * at once.)  One credit of margin: a credit-only SEND may take one
+ * between this and the write.
+ */
+static bool mc_rdma_can_send(QIOChannel *ioc)
+{
+    QIOChannelMCRdma *r = QIO_CHANNEL_MC_RDMA(ioc);
+    bool ok;
+
+    qemu_mutex_lock(&r->lock);
+    ok = (r->tx_nfree && r->credits >= 3) || r->wr_shut || r->peer_gone ||
+         r->broken;
+    qemu_mutex_unlock(&r->lock);
+    return ok;
+}
+
 static int mc_rdma_close(QIOChannel *ioc, Error **errp)
 {
     mc_rdma_teardown(QIO_CHANNEL_MC_RDMA(ioc));
@@ -761,12 +778,18 @@ static bool mc_rdma_transport_link_failed(MCTransport *t)
     return mc_rdma_link_failed(t->ioc);
 }
 
+static bool mc_rdma_transport_can_send(MCTransport *t)
+{
+    return mc_rdma_can_send(t->ioc);
+}
+
 static void mc_rdma_register_types(void)
 {
     type_register_static(&mc_rdma_info);
     mc_rdma_transport_ops = mc_transport_socket_ops;
     mc_rdma_transport_ops.name = "rdma";
     mc_rdma_transport_ops.link_failed = mc_rdma_transport_link_failed;
+    mc_rdma_transport_ops.can_send = mc_rdma_transport_can_send;
     mc_transport_register(TYPE_QIO_CHANNEL_MC_RDMA, &mc_rdma_transport_ops);
 }
 

@@ -161,6 +161,10 @@ int mc_transport_try_send(MCTransport *t, MCMsgType type, uint32_t flags)
     if (qemu_mutex_trylock(&t->send_lock)) {
         return -EBUSY;
     }
+    if (t->ops->can_send && !t->ops->can_send(t)) {
+        qemu_mutex_unlock(&t->send_lock);
+        return -EBUSY;
+    }
     ret = mc_transport_send_locked(t, type, flags, 0, NULL, 0, NULL);
     qemu_mutex_unlock(&t->send_lock);
     return ret < 0 ? -EIO : 0;

@@ -63,6 +63,14 @@ typedef struct MCTransportOps {
      * failure counts as the peer's closing (a socket's reset or end).
      */
     bool (*link_failed)(MCTransport *t);
+    /*
+     * Optional: could a message without payload go now without waiting
+     * for the peer?  A heartbeat is skipped when not: the thread that
+     * sends it is the watchdog, which must never block on a peer that
+     * has stopped reading.  Without it a heartbeat is always tried (a
+     * socket's buffer takes it).
+     */
+    bool (*can_send)(MCTransport *t);
     void (*free)(MCTransport *t);
 } MCTransportOps;
 
