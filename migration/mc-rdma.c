@@ -657,34 +657,6 @@ static void mc_rdma_teardown(QIOChannelMCRdma *r)
     r->mem = NULL;
 }
 
-bool mc_rdma_link_failed(QIOChannel *ioc)
-{
-    QIOChannelMCRdma *r = QIO_CHANNEL_MC_RDMA(ioc);
-    bool failed;
-
-    qemu_mutex_lock(&r->lock);
-    failed = r->broken != NULL;
-    qemu_mutex_unlock(&r->lock);
-    return failed;
-}
-
-/*
- * Would a small write on @ioc go without waiting for credits?  (Or fail
- * at once.)  One credit of margin: a credit-only SEND may take one
- * between this and the write.
- */
-static bool mc_rdma_can_send(QIOChannel *ioc)
-{
-    QIOChannelMCRdma *r = QIO_CHANNEL_MC_RDMA(ioc);
-    bool ok;
-
-    qemu_mutex_lock(&r->lock);
-    ok = (r->tx_nfree && r->credits >= 3) || r->wr_shut || r->peer_gone ||
-         r->broken;
-    qemu_mutex_unlock(&r->lock);
-    return ok;
-}
-
 static int mc_rdma_close(QIOChannel *ioc, Error **errp)
 {
     mc_rdma_teardown(QIO_CHANNEL_MC_RDMA(ioc));
@@ -770,17 +742,43 @@ static const TypeInfo mc_rdma_info = {
     .class_init = mc_rdma_class_init,
 };
 
-/* MC's messages over this channel: the socket ops, and link_failed */
+/*
+ * MC's messages over this channel: the socket ops, plus link_failed and
+ * can_send.
+ */
 static MCTransportOps mc_rdma_transport_ops;
 
+/*
+ * Did the channel fail on its own (an error completion, the device
+ * removed, its address changed) before the peer disconnected?  Then
+ * the peer may well be alive.
+ */
 static bool mc_rdma_transport_link_failed(MCTransport *t)
 {
-    return mc_rdma_link_failed(t->ioc);
+    QIOChannelMCRdma *r = QIO_CHANNEL_MC_RDMA(t->ioc);
+    bool failed;
+
+    qemu_mutex_lock(&r->lock);
+    failed = r->broken != NULL;
+    qemu_mutex_unlock(&r->lock);
+    return failed;
 }
 
+/*
+ * Would a small write go without waiting for credits (or fail at
+ * once)?  One credit of margin: a credit-only SEND may take one between
+ * this and the write.
+ */
 static bool mc_rdma_transport_can_send(MCTransport *t)
 {
-    return mc_rdma_can_send(t->ioc);
+    QIOChannelMCRdma *r = QIO_CHANNEL_MC_RDMA(t->ioc);
+    bool ok;
+
+    qemu_mutex_lock(&r->lock);
+    ok = (r->tx_nfree && r->credits >= 3) || r->wr_shut || r->peer_gone ||
+         r->broken;
+    qemu_mutex_unlock(&r->lock);
+    return ok;
 }
 
 static void mc_rdma_register_types(void)

@@ -12,7 +12,6 @@
 #ifndef QEMU_MIGRATION_MC_RDMA_H
 #define QEMU_MIGRATION_MC_RDMA_H
 
-#include "io/channel.h"
 #include "qapi/qapi-types-sockets.h"
 
 #define TYPE_QIO_CHANNEL_MC_RDMA "qio-channel-mc-rdma"
@@ -28,12 +27,5 @@ void mc_rdma_start_outgoing_migration(MigrationState *s,
 /* Listen at @addr for one primary; its channel goes to the migration. */
 void mc_rdma_start_incoming_migration(InetSocketAddress *addr,
                                       Error **errp);
-
-/*
- * Did MC's RDMA channel @ioc fail on its own (an error completion, the
- * device removed, its address changed) before the peer disconnected?
- * Then the peer may well be alive.
- */
-bool mc_rdma_link_failed(QIOChannel *ioc);
 
 #endif

@@ -4,7 +4,7 @@
  * Messages as a byte stream over the migration channel itself: TCP,
  * UNIX, or TLS over either (the TLS channel wraps the socket one), or
  * MC's RDMA channel (mc-rdma.c registers these ops with its own
- * link_failed).  Checkpoints are written from the staging buffer and
+ * link_failed and can_send).  Checkpoints are written from the staging buffer and
  * read into it.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later

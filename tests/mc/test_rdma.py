@@ -27,7 +27,7 @@ from mcnet import Pair, Topology, sh
 from mcvm import workdir
 from test_consistency import memory_after_checkpoints
 from test_disk import describe, kill_run
-from test_net import failover_run, problems, srv_count
+from test_net import failover_run, problems, setup, srv_count, teardown
 
 RUN_S = 5
 MEM = 256 << 20
@@ -68,34 +68,37 @@ def test_rdma_failover_kill_primary():
     assert srv_count(evs) >= n_kill + 150, srv_count(evs)
 
 
-def test_rdma_standby_killed():
-    """kill -9 the standby: the primary sees the RDMA connection go and
-    runs on unprotected, its held output released."""
-    wd = workdir('rdmastandby')
-    topo = Topology()
-    pair = client = None
+def standby_lost_run(name, stop, **kw):
+    """With a client's stream running, @stop(pair) ends or freezes the
+    standby: the primary declares it lost (MC_FAILOVER), releases what
+    it held and runs on, the stream intact.  Returns the pair's MC
+    statistics just after the event."""
+    wd, topo, pair = setup(name, rdma=True, **kw)
+    client = None
     try:
-        pair = Pair(topo, wd, rdma=True)
         pair.start_mc()
         client = topo.client(os.path.join(wd, 'client'))
         client.wait(lambda evs: srv_count(evs) >= 20)
-        pair.standby.kill(signal.SIGKILL)
+        stop(pair)
         ev = pair.primary.qmp.wait_event('MC_FAILOVER', timeout=30)
         assert ev['data']['role'] == 'primary', ev
+        mc = pair.mc()
         n0 = client.count()
         client.wait(lambda evs: srv_count(evs) >= n0 + 50)
-        mc = pair.mc()
-        assert mc['net-held-packets'] == 0, mc
+        assert pair.mc()['net-held-packets'] == 0, pair.mc()
         evs = client.stop()
         client = None
         assert not problems(evs), problems(evs)
+        return mc
     finally:
-        if client:
-            client.stop()
-        if pair:
-            pair.close()
-        topo.close()
-        shutil.rmtree(wd, ignore_errors=True)
+        teardown(wd, topo, pair, [client] if client else [])
+
+
+def test_rdma_standby_killed():
+    """kill -9 the standby: the primary sees the RDMA connection go and
+    runs on unprotected, its held output released."""
+    standby_lost_run('rdmastandby',
+                     lambda pair: pair.standby.kill(signal.SIGKILL))
 
 
 def test_rdma_upstream_listener_refuses():
@@ -140,33 +143,12 @@ def test_rdma_standby_stopped():
     the primary's writes wait for credits, its heartbeat watchdog
     declares the standby lost, and the primary runs on, its held
     output released: nothing wedges."""
-    wd = workdir('rdmastopped')
-    topo = Topology()
-    pair = client = None
-    try:
-        pair = Pair(topo, wd, rdma=True, hb_timeout=2000)
-        pair.start_mc()
-        client = topo.client(os.path.join(wd, 'client'))
-        client.wait(lambda evs: srv_count(evs) >= 20)
-        os.kill(pair.standby.proc.pid, signal.SIGSTOP)
-        ev = pair.primary.qmp.wait_event('MC_FAILOVER', timeout=30)
-        assert ev['data']['role'] == 'primary', ev
-        mc = pair.mc()
-        print('primary: %s after %d checkpoints' % (mc['state'],
-                                                    mc['checkpoints']))
-        n0 = client.count()
-        client.wait(lambda evs: srv_count(evs) >= n0 + 50)
-        assert pair.mc()['net-held-packets'] == 0, pair.mc()
-        evs = client.stop()
-        client = None
-        assert not problems(evs), problems(evs)
-    finally:
-        if client:
-            client.stop()
-        if pair:
-            pair.close()
-        topo.close()
-        shutil.rmtree(wd, ignore_errors=True)
+    mc = standby_lost_run(
+        'rdmastopped',
+        lambda pair: os.kill(pair.standby.proc.pid, signal.SIGSTOP),
+        hb_timeout=2000)
+    print('primary: %s after %d checkpoints' % (mc['state'],
+                                                mc['checkpoints']))
 
 
 def test_rdma_disk_kill_primary():
