@@ -226,7 +226,9 @@ bool mc_primary_make_room(MCStaging *st, size_t len, void *opaque)
         return false;
     }
     qemu_mutex_lock(&mc->lock);
-    while (mc->ring_count && mc->state == MC_STATE_ACTIVE && !mc->tx_stop) {
+    while (mc->ring_count && !mc->tx_stop &&
+           (mc->state == MC_STATE_ACTIVE ||
+            mc->state == MC_STATE_SWITCHOVER)) {
         qemu_cond_wait(&mc->cond, &mc->lock);
     }
     empty = !mc->ring_count;
@@ -334,8 +336,13 @@ int mc_checkpoint_take(MCSession *mc, uint64_t epoch, size_t base,
 
     mc_alloc_count_into(&allocs);
     mc_checkpoint_copy_threads(mc);
-    /* The standby resumes the guest in the run state saved here. */
-    global_state_store();
+    /*
+     * The standby resumes the guest in the run state saved here (for a
+     * switchover, before the guest was stopped for it).
+     */
+    if (!mc->switch_stop_us) {
+        global_state_store();
+    }
     mc_participants_pause();
     running = mc_guest_pause();
     /* Disks: in-flight requests complete, written areas are read back */

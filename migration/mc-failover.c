@@ -27,6 +27,9 @@
 #include "mc-session.h"
 #include "trace.h"
 
+/* mc-switchover: how long the standby tries to send its answer */
+#define MC_SWITCH_ANSWER_MS     1000
+
 /*
  * The standby leaves MC (failover, or the primary said stop): load the
  * device state of the last applied checkpoint.  Devices' post_load
@@ -86,10 +89,29 @@ static void mc_standby_finish_devices(MCSession *mc)
     }
 }
 
+/*
+ * mc-switchover: tell the primary whether the guest runs here, before it
+ * does.  The primary keeps its copy stopped either way but for "cannot".
+ * A short wait: the main loop must not hang on a primary gone silent.
+ */
+static void mc_standby_switch_answer(MCSession *mc, bool runs)
+{
+    bool sent = mc_transport_send_by(mc->transport,
+                                     runs ? MC_MSG_SWITCHED : MC_MSG_NACK,
+                                     runs ? 0 : MC_NACK_SWITCH_FAILED,
+                                     mc_now_us() + MC_SWITCH_ANSWER_MS *
+                                     1000LL);
+
+    trace_mc_standby_switch(runs, sent);
+}
+
 /* The decision is made: resume the guest here or stay stopped. */
 static void mc_standby_leave(MCSession *mc)
 {
     mc_standby_finish_devices(mc);
+    if (mc->switch_requested) {
+        mc_standby_switch_answer(mc, mc->state == MC_STATE_FAILOVER);
+    }
     if (mc->state == MC_STATE_FAILOVER) {
         mc_participants_failover();
     }
@@ -116,7 +138,8 @@ void mc_standby_decide_bh(void *opaque)
         mc_session_set_state(mc, MC_STATE_STOPPED);
         break;
     case MC_STATE_FAILOVER_REQUESTED:
-        mc->end_reason = MC_LOSS_REASON_REQUEST;
+        mc->end_reason = mc->switch_requested ? MC_LOSS_REASON_SWITCHOVER :
+                                                MC_LOSS_REASON_REQUEST;
         mc_session_set_state(mc, MC_STATE_FAILOVER);
         break;
     case MC_STATE_LOST:

@@ -33,6 +33,12 @@ static void mc_net_part_stop(void)
     mc_net_stop();
 }
 
+static void mc_net_part_switchover(uint64_t epoch)
+{
+    mc_net_set_output_notify(NULL, NULL);
+    mc_net_switchover(epoch);
+}
+
 static void mc_net_part_pause(void)
 {
     mc_net_set_checkpoint_pause(true);
@@ -58,6 +64,7 @@ static const MCParticipant mc_net_participant = {
     .resume = mc_net_part_resume,
     .commit = mc_net_commit,
     .stop = mc_net_part_stop,
+    .switchover = mc_net_part_switchover,
     .fill_info = mc_net_part_fill_info,
 };
 
@@ -155,6 +162,19 @@ void mc_participants_stop(void)
 
     while (i-- > 0) {
         if (mc_participants[i]->stop) {
+            mc_participants[i]->stop();
+        }
+    }
+}
+
+void mc_participants_switchover(uint64_t epoch)
+{
+    size_t i = ARRAY_SIZE(mc_participants);
+
+    while (i-- > 0) {
+        if (mc_participants[i]->switchover) {
+            mc_participants[i]->switchover(epoch);
+        } else if (mc_participants[i]->stop) {
             mc_participants[i]->stop();
         }
     }

@@ -19,9 +19,11 @@
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
 #include "qapi/error.h"
+#include "qapi/qapi-commands-mc.h"
 #include "qapi/qapi-events-mc.h"
 #include "exec/target_page.h"
 #include "migration/mc-dirty-bound.h"
+#include "migration/global_state.h"
 #include "migration/misc.h"
 #include "system/cpu-throttle.h"
 #include "system/runstate.h"
@@ -39,6 +41,8 @@
 #define MC_CANCEL_WAIT_MS       1000
 /* How long a live standby has to read STOP before the connection goes */
 #define MC_LINGER_MS            2000
+/* mc-switchover: for the standby's word, beyond a heartbeat timeout */
+#define MC_SWITCH_CONFIRM_MS    5000
 /*
  * At most this many checkpoints on the wire beyond the last ACK.  A
  * standby that stops reading (stopped, or a broken link) must not find
@@ -217,6 +221,11 @@ static void *mc_primary_rx_thread(void *opaque)
             mc_participants_commit(h.epoch);
             continue;
         case MC_MSG_NACK:
+            if (h.flags == MC_NACK_SWITCH_FAILED && mc->switch_epoch) {
+                /* it stays stopped: the guest runs on here */
+                mc->switch_refused = true;
+                break;
+            }
             if (!mc_ring_refused(mc, h.epoch, h.flags)) {
                 qemu_mutex_unlock(&mc->lock);
                 mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
@@ -225,6 +234,20 @@ static void *mc_primary_rx_thread(void *opaque)
             break;
         case MC_MSG_STANDBY_HEARTBEAT:
             break;
+        case MC_MSG_SWITCHED:
+            if (!mc->switch_epoch || mc->acked_epoch < mc->switch_epoch) {
+                error_setg(&err, "MC: the standby took the guest over "
+                           "unasked");
+                mc_session_fail_locked(mc, err);
+                qemu_mutex_unlock(&mc->lock);
+                mc_peer_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+                goto out;
+            }
+            /* the last word: the standby's close that follows is no loss */
+            mc->switched = true;
+            qemu_cond_broadcast(&mc->cond);
+            qemu_mutex_unlock(&mc->lock);
+            goto out;
         default:
             error_setg(&err, "MC: unexpected %s message from the standby",
                        mc_msg_name(h.type));
@@ -246,10 +269,14 @@ out:
     return NULL;
 }
 
-/* Why the loop must stop, or false to go on.  Called with mc->lock. */
+/*
+ * Why the loop must stop, or false to go on (a switchover takes one more
+ * checkpoint).  Called with mc->lock.
+ */
 bool mc_primary_should_stop(MCSession *mc, MigrationState *s)
 {
-    return (mc->state != MC_STATE_SETUP && mc->state != MC_STATE_ACTIVE) ||
+    return (mc->state != MC_STATE_SETUP && mc->state != MC_STATE_ACTIVE &&
+            mc->state != MC_STATE_SWITCHOVER) ||
            qatomic_read(&s->state) != MIGRATION_STATUS_MC;
 }
 
@@ -426,6 +453,10 @@ static int64_t mc_primary_due(MCSession *mc, int64_t epoch_start_us,
 
     *why = MC_TRIGGER_INTERVAL;
     *deferred_us = 0;
+    if (mc->state == MC_STATE_SWITCHOVER) {
+        *why = MC_TRIGGER_SWITCHOVER;
+        return epoch_start_us;
+    }
     if (!latency || mc->output_epoch <= mc->taken_epoch) {
         return due;
     }
@@ -444,6 +475,7 @@ static const char *const mc_trigger_names[] = {
     [MC_TRIGGER_EARLY] = "buffer",
     [MC_TRIGGER_BOUND] = "dirty-bound",
     [MC_TRIGGER_OUTPUT] = "output",
+    [MC_TRIGGER_SWITCHOVER] = "switchover",
 };
 
 /*
@@ -815,6 +847,186 @@ static void mc_primary_bound_full(void *opaque)
 }
 
 /*
+ * mc-switchover: the loop takes one more checkpoint, with the guest
+ * stopped, then ends (mc_primary_switch_finish).  Refused unless the
+ * standby is ready and checkpoints flow: a switchover is not a way out
+ * of a loss or a cancel.  Monitor, BQL.
+ */
+void qmp_mc_switchover(Error **errp)
+{
+    MCSession *mc = mc_current;
+    MCState from;
+
+    if (!mc) {
+        error_setg(errp, "Micro-checkpointing is not running");
+        return;
+    }
+    if (mc->role != MC_ROLE_PRIMARY) {
+        error_setg(errp, "mc-switchover is for the primary: this QEMU is "
+                   "the standby");
+        return;
+    }
+    qemu_mutex_lock(&mc->lock);
+    from = mc->state;
+    if (from != MC_STATE_SWITCHOVER &&
+        !mc_session_set_state(mc, MC_STATE_SWITCHOVER)) {
+        error_setg(errp, "Micro-checkpointing is in state %s: mc-switchover "
+                   "needs it active (the standby ready, checkpoints "
+                   "acknowledged)", MCState_str(from));
+    }
+    qemu_mutex_unlock(&mc->lock);
+}
+
+/*
+ * Stop the guest for the switchover's checkpoint @epoch.  Its run state
+ * is saved first, for the standby to resume it as it was (running, or
+ * paused by the user).  A full stop, not the light pause: the
+ * state-change handlers run before the device state is saved, as at
+ * the end of a migration.  Migration thread, BQL.
+ */
+static void mc_primary_switch_stop(MCSession *mc, uint64_t epoch)
+{
+    mc->switch_old_state = runstate_get();
+    mc->switch_stop_us = mc_now_us();
+    global_state_store();
+    vm_stop_force_state(RUN_STATE_FINISH_MIGRATE);
+    qemu_mutex_lock(&mc->lock);
+    mc->switch_epoch = epoch;
+    qemu_mutex_unlock(&mc->lock);
+    trace_mc_primary_switch_stop(epoch, RunState_str(mc->switch_old_state));
+}
+
+/* The switchover did not happen: the guest goes on here as it was. */
+static void mc_primary_switch_resume(MCSession *mc)
+{
+    bql_lock();
+    if (runstate_is_live(mc->switch_old_state)) {
+        vm_start();
+    } else {
+        runstate_set(mc->switch_old_state);
+    }
+    bql_unlock();
+}
+
+typedef enum MCSwitchOutcome {
+    MC_SWITCH_NONE,             /* no switchover */
+    MC_SWITCH_DONE,             /* the standby runs the guest */
+    MC_SWITCH_ABORTED,          /* it does not: the guest runs on here */
+    MC_SWITCH_UNCONFIRMED,      /* it may: the guest stays stopped here */
+} MCSwitchOutcome;
+
+static const char *const mc_switch_names[] = {
+    [MC_SWITCH_NONE] = "none",
+    [MC_SWITCH_DONE] = "done",
+    [MC_SWITCH_ABORTED] = "aborted",
+    [MC_SWITCH_UNCONFIRMED] = "unconfirmed",
+};
+
+/*
+ * The guest stopped for the switchover's checkpoint: wait for its ACK,
+ * let out what the guest sent before it (the standby has it all now;
+ * out before the standby runs the guest, so in order), tell the standby
+ * to run the guest and wait for its word.  Until the ACK nothing
+ * changed for the standby, so on a loss, a cancel or @err (the
+ * checkpoint could not be taken) the guest runs on here; after STOP it
+ * stays stopped unless the standby says it cannot run the guest.
+ * Migration thread, no BQL.
+ */
+static MCSwitchOutcome mc_primary_switch_finish(MCSession *mc,
+                                                MigrationState *s,
+                                                Error *err)
+{
+    uint64_t last;
+    int64_t deadline;
+    bool acked, confirmed, refused;
+
+    qemu_mutex_lock(&mc->lock);
+    last = mc->switch_epoch;
+    /* the heartbeat thread ends this wait when the standby goes silent */
+    while (!err && mc->state == MC_STATE_SWITCHOVER &&
+           mc->acked_epoch < last &&
+           qatomic_read(&s->state) == MIGRATION_STATUS_MC) {
+        qemu_cond_wait(&mc->cond, &mc->lock);
+    }
+    acked = !err && mc->state == MC_STATE_SWITCHOVER &&
+            mc->acked_epoch >= last &&
+            qatomic_read(&s->state) == MIGRATION_STATUS_MC;
+    qemu_mutex_unlock(&mc->lock);
+    if (!acked) {
+        mc_primary_switch_resume(mc);
+        return MC_SWITCH_ABORTED;
+    }
+
+    /* nothing is in flight: the ring is empty */
+    mc_primary_tx_stop(mc);
+    bql_lock();
+    mc_participants_switchover(last);
+    bql_unlock();
+    if (!mc_primary_tell_stop(mc, MC_STOP_SWITCHOVER, true)) {
+        /* not even queued: the standby cannot have it */
+        mc_primary_switch_resume(mc);
+        return MC_SWITCH_ABORTED;
+    }
+    qatomic_set(&mc_primary_stop_told, true);
+    /* loading the device state is quick; the watchdog runs meanwhile */
+    deadline = mc_now_us() + (migrate_mc_heartbeat_timeout() +
+                              MC_SWITCH_CONFIRM_MS) * 1000LL;
+    qemu_mutex_lock(&mc->lock);
+    while (!mc->switched && !mc->switch_refused &&
+           mc->state == MC_STATE_SWITCHOVER && mc->rx_running &&
+           mc_now_us() < deadline) {
+        qemu_cond_timedwait(&mc->cond, &mc->lock, 100);
+    }
+    confirmed = mc->switched;
+    refused = mc->switch_refused && !confirmed;
+    qemu_mutex_unlock(&mc->lock);
+    if (refused) {
+        mc_primary_switch_resume(mc);
+        return MC_SWITCH_ABORTED;
+    }
+    return confirmed ? MC_SWITCH_DONE : MC_SWITCH_UNCONFIRMED;
+}
+
+/*
+ * The standby took the guest over (@done), or may have: this side's
+ * migration ends, completed or failed, with the guest stopped.  Called
+ * without the BQL, returns with it held.
+ */
+static void mc_primary_switch_end(MCSession *mc, MigrationState *s,
+                                  bool done)
+{
+    int64_t downtime_ms = (mc_now_us() - mc->switch_stop_us) / 1000;
+
+    /* a standby that took over closes its side: read until it does */
+    mc_primary_linger(mc);
+    mc_threads_stop(mc);
+    bql_lock();
+    mc_current = NULL;
+    mc->stats.throttle_percentage = 0;
+    runstate_set(RUN_STATE_POSTMIGRATE);
+    if (done) {
+        /* from the stop to the standby's word that the guest runs there */
+        s->downtime = downtime_ms;
+    } else {
+        Error *why = NULL;
+
+        error_setg(&why, "mc-switchover: the standby acknowledged the last "
+                   "checkpoint but did not confirm that it runs the guest%s%s;"
+                   " it may: check it before resuming the guest here",
+                   mc->error ? ": " : "",
+                   mc->error ? error_get_pretty(mc->error) : "");
+        migrate_set_error(s, why);
+        error_report_err(why);
+    }
+    migrate_set_state(&s->state, MIGRATION_STATUS_MC,
+                      done ? MIGRATION_STATUS_COMPLETED :
+                             MIGRATION_STATUS_FAILED);
+    trace_mc_primary_switch_end(done, downtime_ms);
+    mc_checkpoint_end(mc);
+    mc_session_free(mc);
+}
+
+/*
  * The session, output held and threads started; or NULL with @errp set
  * and the guest let go.  BQL held, the VM stopped.
  */
@@ -901,6 +1113,9 @@ static uint64_t mc_primary_loop(MCSession *mc, MigrationState *s,
             break;
         }
         epoch++;
+        if (trigger == MC_TRIGGER_SWITCHOVER) {
+            mc_primary_switch_stop(mc, epoch);
+        }
         if (mc_checkpoint_take(mc, epoch, base, limit, errp) < 0) {
             bql_unlock();
             break;
@@ -928,6 +1143,9 @@ static uint64_t mc_primary_loop(MCSession *mc, MigrationState *s,
         mc->stats.epoch_ms = (pause_end - start) / 1000;
         qemu_cond_broadcast(&mc->cond);
         qemu_mutex_unlock(&mc->lock);
+        if (trigger == MC_TRIGGER_SWITCHOVER) {
+            break;      /* the last one: mc_primary_switch_finish */
+        }
         mc_primary_budget_spend(mc, pause_end, pause_end - mc->pause_start_us);
         start = pause_end;
         mc_primary_note_rate(mc, mc->staging->used,
@@ -950,12 +1168,35 @@ static uint64_t mc_primary_loop(MCSession *mc, MigrationState *s,
 static void mc_primary_end(MCSession *mc, MigrationState *s, uint64_t epoch,
                            Error *err)
 {
+    MCSwitchOutcome sw = MC_SWITCH_NONE;
     MCLossReason reason;
     bool lost, cancelled, requested, alive;
     MigrationStatus end_state;
 
     /* No vCPU waits for a checkpoint any more */
     mc_dirty_bound_stop();
+    if (mc->switch_stop_us) {
+        sw = mc_primary_switch_finish(mc, s, err);
+        trace_mc_primary_switch(mc->switch_epoch, mc_switch_names[sw]);
+        if (sw == MC_SWITCH_DONE || sw == MC_SWITCH_UNCONFIRMED) {
+            mc_primary_switch_end(mc, s, sw == MC_SWITCH_DONE);
+            return;
+        }
+        /* aborted: the guest runs on here, MC ends as on a loss */
+        qemu_mutex_lock(&mc->lock);
+        if (mc->state == MC_STATE_SWITCHOVER) {
+            Error *why = NULL;
+
+            error_setg(&why, "mc-switchover: %s; the guest runs on here",
+                       mc->switch_refused ?
+                       "the standby cannot run the guest (its device state "
+                       "did not load)" :
+                       "the standby could not be told to take over");
+            mc_session_fail_locked(mc, why);
+            mc_session_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
+        }
+        qemu_mutex_unlock(&mc->lock);
+    }
     qemu_mutex_lock(&mc->lock);
     if (err) {
         /* a checkpoint could not be taken: the guest runs unprotected */

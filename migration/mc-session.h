@@ -7,7 +7,8 @@
  *                   statistics and HMP
  *   mc-primary.c    the primary's loop: when to take a checkpoint, the
  *                   ring of checkpoints in flight, sending (mc-tx),
- *                   ACKs (mc-rx), the end of MC on the primary
+ *                   ACKs (mc-rx), the end of MC on the primary,
+ *                   mc-switchover
  *   mc-checkpoint.c taking one checkpoint: the light pause, the copy
  *                   into staging, waiting for room, the vCPU throttle
  *   mc-copy.c       the threads that copy a checkpoint's pages
@@ -28,6 +29,7 @@
 #include "qemu/thread.h"
 #include "qemu/coroutine.h"
 #include "io/channel.h"
+#include "qapi/qapi-types-run-state.h"
 #include "mc.h"
 #include "mc-alloc.h"
 #include "mc-staging.h"
@@ -55,7 +57,9 @@ typedef struct MCSlot {
  * each change against mc_state_next[] (mc.c) and traces it.
  *
  *   primary  setup -> active -> lost | cancelling | failover-requested
- *            (lost -> cancelling | failover-requested under manual)
+ *            | switchover (-> lost | cancelling before the standby
+ *            took over); lost -> cancelling | failover-requested under
+ *            manual
  *   standby  setup -> active -> lost | stopping | failover-requested
  *            -> (mc_standby_decide_bh) failover | stopped | waiting
  *            waiting -> failover (mc-failover); failover -> stopped
@@ -67,6 +71,7 @@ typedef enum MCTrigger {
     MC_TRIGGER_EARLY,           /* the dirty set nears the free staging */
     MC_TRIGGER_BOUND,           /* a vCPU waits at the dirty ring's bound */
     MC_TRIGGER_OUTPUT,          /* held output waited mc-output-latency */
+    MC_TRIGGER_SWITCHOVER,      /* mc-switchover: the last one, guest stopped */
 } MCTrigger;
 
 typedef struct MCSession {
@@ -107,6 +112,12 @@ typedef struct MCSession {
     uint64_t output_epoch;
     int64_t output_since_us;
     uint64_t pause_total_us, transfer_total_us;     /* for the averages */
+    /*
+     * mc-switchover: the checkpoint taken with the guest stopped (0: none
+     * yet); the standby runs the guest, or says it cannot
+     */
+    uint64_t switch_epoch;
+    bool switched, switch_refused;
 
     /* Standby: rx thread while it runs, then the main loop (BQL) */
     MigrationIncomingState *mis;
@@ -115,6 +126,7 @@ typedef struct MCSession {
     /* The device state of the last applied checkpoint, not yet loaded */
     MCStaging *devices;
     bool devices_pending;
+    bool switch_requested;      /* the primary said MC_STOP_SWITCHOVER */
 
     /* Primary, migration thread only */
     bool room_waited;           /* this checkpoint waited for ACKs */
@@ -126,6 +138,9 @@ typedef struct MCSession {
     int64_t run_start_us;       /* when the vCPUs last went on */
     unsigned throttle_calm;     /* checkpoints in a row that found room */
     bool vcpus_held;            /* the last pause left the vCPUs stopped */
+    /* mc-switchover: the run state before the guest stopped, and when */
+    RunState switch_old_state;
+    int64_t switch_stop_us;
     /*
      * The pause budget (mc_primary_budget_*): microseconds of pause that
      * output-triggered checkpoints may still spend, as of budget_at_us,
@@ -158,12 +173,14 @@ enum {
     MC_NACK_ORDER = 2,
     MC_NACK_APPLY_FAILED = 3,
     MC_NACK_MALFORMED = 4,      /* intact but not a checkpoint (mc-verify.c) */
+    MC_NACK_SWITCH_FAILED = 5,  /* mc-switchover: the standby cannot run */
 };
 
 /* Why the primary tells the standby to leave MC (STOP flags) */
 enum {
     MC_STOP_CANCEL = 1,         /* migrate_cancel, or QEMU is quitting */
     MC_STOP_DROPPED = 2,        /* the primary runs on without the standby */
+    MC_STOP_SWITCHOVER = 3,     /* mc-switchover: run the guest (SWITCHED) */
 };
 
 /* mc.c: the session and liveness */

@@ -163,7 +163,13 @@ static void *mc_standby_rx_thread(void *opaque)
         }
         if (h.type == MC_MSG_STOP) {
             qemu_mutex_lock(&mc->lock);
-            mc_session_set_state(mc, MC_STATE_STOPPING);
+            if (h.flags == MC_STOP_SWITCHOVER) {
+                /* it has acknowledged the checkpoint applied last */
+                mc->switch_requested = true;
+                mc_session_set_state(mc, MC_STATE_FAILOVER_REQUESTED);
+            } else {
+                mc_session_set_state(mc, MC_STATE_STOPPING);
+            }
             qemu_mutex_unlock(&mc->lock);
             trace_mc_standby_stop(h.flags);
             break;

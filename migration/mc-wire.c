@@ -29,6 +29,7 @@ static const char *const mc_msg_names[MC_MSG__MAX] = {
     [MC_MSG_NACK] = "nack",
     [MC_MSG_STANDBY_HEARTBEAT] = "standby-heartbeat",
     [MC_MSG_READY] = "ready",
+    [MC_MSG_SWITCHED] = "switched",
 };
 
 const char *mc_msg_name(unsigned type)

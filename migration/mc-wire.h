@@ -22,12 +22,13 @@ typedef enum MCMsgType {
     /* primary -> standby */
     MC_MSG_CHECKPOINT = 1,  /* payload: one checkpoint (migration stream) */
     MC_MSG_HEARTBEAT = 2,   /* no payload: "still here", between checkpoints */
-    MC_MSG_STOP = 3,        /* no payload: MC cancelled, leave MC stopped */
+    MC_MSG_STOP = 3,        /* no payload: leave MC; flags: MC_STOP_* */
     /* standby -> primary */
     MC_MSG_ACK = 16,        /* checkpoint <epoch> received intact */
     MC_MSG_NACK = 17,       /* checkpoint <epoch> refused; flags: reason */
     MC_MSG_STANDBY_HEARTBEAT = 18,
     MC_MSG_READY = 19,      /* the initial state is loaded: start MC */
+    MC_MSG_SWITCHED = 20,   /* mc-switchover: the guest runs here now */
     MC_MSG__MAX,
 } MCMsgType;
 

@@ -75,7 +75,10 @@ static const unsigned mc_state_next[MC_STATE__MAX] = {
     [MC_STATE_SETUP] = MC_STATE_BIT(ACTIVE) | MC_STATE_BIT(LOST) |
         MC_STATE_BIT(CANCELLING) | MC_STATE_BIT(FAILOVER_REQUESTED),
     [MC_STATE_ACTIVE] = MC_STATE_BIT(LOST) | MC_STATE_BIT(CANCELLING) |
-        MC_STATE_BIT(FAILOVER_REQUESTED) | MC_STATE_BIT(STOPPING),
+        MC_STATE_BIT(FAILOVER_REQUESTED) | MC_STATE_BIT(STOPPING) |
+        MC_STATE_BIT(SWITCHOVER),
+    /* the standby is lost, or migrate_cancel, before it took over */
+    [MC_STATE_SWITCHOVER] = MC_STATE_BIT(LOST) | MC_STATE_BIT(CANCELLING),
     /* a STOP read before the loss was noticed still counts */
     [MC_STATE_LOST] = MC_STATE_BIT(CANCELLING) |
         MC_STATE_BIT(FAILOVER_REQUESTED) | MC_STATE_BIT(STOPPING) |
@@ -90,7 +93,8 @@ static const unsigned mc_state_next[MC_STATE__MAX] = {
 };
 
 /* The states only one role has */
-static const unsigned mc_state_primary_only = MC_STATE_BIT(CANCELLING);
+static const unsigned mc_state_primary_only = MC_STATE_BIT(CANCELLING) |
+    MC_STATE_BIT(SWITCHOVER);
 static const unsigned mc_state_standby_only = MC_STATE_BIT(STOPPING) |
     MC_STATE_BIT(WAITING) | MC_STATE_BIT(FAILOVER) | MC_STATE_BIT(STOPPED);
 
@@ -133,7 +137,8 @@ bool mc_session_lost(MCSession *mc, MCLossReason reason)
         return false;
     }
     mc->loss_reason = reason;
-    if (mc->state == MC_STATE_SETUP || mc->state == MC_STATE_ACTIVE) {
+    if (mc->state == MC_STATE_SETUP || mc->state == MC_STATE_ACTIVE ||
+        mc->state == MC_STATE_SWITCHOVER) {
         mc_session_set_state(mc, MC_STATE_LOST);
     }
     qemu_cond_broadcast(&mc->cond);
@@ -435,5 +440,13 @@ void hmp_mc_failover(Monitor *mon, const QDict *qdict)
     Error *err = NULL;
 
     qmp_mc_failover(&err);
+    hmp_handle_error(mon, err);
+}
+
+void hmp_mc_switchover(Monitor *mon, const QDict *qdict)
+{
+    Error *err = NULL;
+
+    qmp_mc_switchover(&err);
     hmp_handle_error(mon, err);
 }

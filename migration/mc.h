@@ -135,6 +135,12 @@ typedef struct MCParticipant {
     void (*commit)(uint64_t epoch);
     /* Primary, BQL: MC is over; release what is held */
     void (*stop)(void);
+    /*
+     * Primary, BQL, VM stopped: mc-switchover; the standby acknowledged
+     * checkpoint @epoch and runs the guest from it next.  Release what
+     * it covers, drop the rest; @stop follows.  Without it, @stop.
+     */
+    void (*switchover)(uint64_t epoch);
     /* Primary, no BQL: bytes the next checkpoint carries so far */
     uint64_t (*backlog)(void);
     /* Either side, BQL: fill this participant's statistics */
@@ -153,6 +159,7 @@ void mc_participants_checkpoint(uint64_t epoch);
 void mc_participants_resume(void);
 void mc_participants_commit(uint64_t epoch);
 void mc_participants_stop(void);
+void mc_participants_switchover(uint64_t epoch);
 uint64_t mc_participants_backlog(void);
 void mc_participants_fill_info(MCInfo *info, bool primary);
 void mc_participants_failover(void);

@@ -529,6 +529,40 @@ void mc_net_commit(uint64_t epoch)
     qemu_bh_schedule(mc_net.bh);
 }
 
+/* Drop what @s still holds; returns how many packets. */
+static uint64_t mc_net_drop(MCNetFilter *s)
+{
+    uint64_t n = 0;
+    MCNetPacket *p;
+
+    while ((p = QSIMPLEQ_FIRST(&s->packets))) {
+        QSIMPLEQ_REMOVE_HEAD(&s->packets, next);
+        s->held_packets--;
+        s->held_bytes -= p->size;
+        g_free(p);
+        n++;
+    }
+    return n;
+}
+
+void mc_net_switchover(uint64_t epoch)
+{
+    uint64_t dropped = 0;
+    MCNetFilter *s;
+
+    if (!mc_net.holding) {
+        return;
+    }
+    qatomic_set(&mc_net.acked, epoch);
+    QTAILQ_FOREACH(s, &mc_net_filters, link) {
+        /* the NIC is stopped, its backend is not: force */
+        mc_net_release(s, epoch, true);
+        dropped += mc_net_drop(s);
+    }
+    trace_mc_net_switchover(epoch, dropped);
+    mc_net_stop();
+}
+
 void mc_net_stop(void)
 {
     if (!mc_net.holding) {

@@ -70,6 +70,16 @@ void mc_net_commit(uint64_t epoch);
 /* MC is over: release everything held, then remove automatic filters. */
 void mc_net_stop(void);
 
+/*
+ * mc-switchover: checkpoint @epoch, taken with the VM stopped, is
+ * acknowledged and the standby runs the guest from it next.  What the
+ * guest sent up to it goes out now, the NIC stopped or not (the VM never
+ * runs here again, and the standby does not send it again); anything
+ * after it is dropped (the standby's guest sends it again, as it would
+ * after a failover); then as mc_net_stop().  BQL held.
+ */
+void mc_net_switchover(uint64_t epoch);
+
 /* Fill the net-* fields of the MC statistics. */
 void mc_net_fill_info(MCInfo *info);
 
