@@ -899,7 +899,13 @@ static void mc_primary_switch_stop(MCSession *mc, uint64_t epoch)
 /* The switchover did not happen: the guest goes on here as it was. */
 static void mc_primary_switch_resume(MCSession *mc)
 {
+    Error *err = NULL;
+
     bql_lock();
+    /* its disks, if they were handed over already */
+    if (!migration_block_activate(&err)) {
+        error_report_err(err);
+    }
     if (runstate_is_live(mc->switch_old_state)) {
         vm_start();
     } else {
@@ -938,7 +944,7 @@ static MCSwitchOutcome mc_primary_switch_finish(MCSession *mc,
 {
     uint64_t last;
     int64_t deadline;
-    bool acked, confirmed, refused;
+    bool acked, confirmed, refused, handed;
 
     qemu_mutex_lock(&mc->lock);
     last = mc->switch_epoch;
@@ -961,9 +967,22 @@ static MCSwitchOutcome mc_primary_switch_finish(MCSession *mc,
     mc_primary_tx_stop(mc);
     bql_lock();
     mc_participants_switchover(last);
+    /*
+     * Hand the disks over, as a migration does before it completes: on
+     * shared storage the standby cannot take their locks (nor run the
+     * guest) while this side holds them.  MC's own disk copies do not
+     * care.
+     */
+    handed = migration_block_inactivate();
     bql_unlock();
+    if (!handed) {
+        mc->switch_abort = "its disks could not be handed over";
+        mc_primary_switch_resume(mc);
+        return MC_SWITCH_ABORTED;
+    }
     if (!mc_primary_tell_stop(mc, MC_STOP_SWITCHOVER, true)) {
         /* not even queued: the standby cannot have it */
+        mc->switch_abort = "the standby could not be told to take over";
         mc_primary_switch_resume(mc);
         return MC_SWITCH_ABORTED;
     }
@@ -981,6 +1000,8 @@ static MCSwitchOutcome mc_primary_switch_finish(MCSession *mc,
     refused = mc->switch_refused && !confirmed;
     qemu_mutex_unlock(&mc->lock);
     if (refused) {
+        mc->switch_abort = "the standby cannot run the guest (its device "
+                           "state did not load)";
         mc_primary_switch_resume(mc);
         return MC_SWITCH_ABORTED;
     }
@@ -1184,14 +1205,11 @@ static void mc_primary_end(MCSession *mc, MigrationState *s, uint64_t epoch,
         }
         /* aborted: the guest runs on here, MC ends as on a loss */
         qemu_mutex_lock(&mc->lock);
-        if (mc->state == MC_STATE_SWITCHOVER) {
+        if (mc->state == MC_STATE_SWITCHOVER && mc->switch_abort) {
             Error *why = NULL;
 
             error_setg(&why, "mc-switchover: %s; the guest runs on here",
-                       mc->switch_refused ?
-                       "the standby cannot run the guest (its device state "
-                       "did not load)" :
-                       "the standby could not be told to take over");
+                       mc->switch_abort);
             mc_session_fail_locked(mc, why);
             mc_session_lost(mc, MC_LOSS_REASON_PROTOCOL_ERROR);
         }

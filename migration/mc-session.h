@@ -141,6 +141,7 @@ typedef struct MCSession {
     /* mc-switchover: the run state before the guest stopped, and when */
     RunState switch_old_state;
     int64_t switch_stop_us;
+    const char *switch_abort;   /* why the guest runs on here after all */
     /*
      * The pause budget (mc_primary_budget_*): microseconds of pause that
      * output-triggered checkpoints may still spend, as of budget_at_us,

@@ -451,6 +451,56 @@ static void test_mc_tls(void)
     mc_primary_killed(&args);
 }
 
+/*
+ * mc-switchover: the standby runs the guest from the primary's last
+ * state.  A guest paused by the user moves paused, so both copies can be
+ * compared page by page; then it runs on the standby.
+ */
+static void test_mc_switchover(void)
+{
+    MCStart args = { .delay = 100 };
+    QTestState *from, *to;
+    char *tls = NULL;
+    g_autofree char *hmp = NULL;
+    g_autofree char *rs = NULL;
+    QDict *ev, *data;
+    unsigned addr;
+    uint8_t a, b;
+
+    mc_start(&from, &to, &args, &tls);
+
+    /* only on the primary; nothing changes */
+    hmp = qtest_hmp(to, "mc-switchover");
+    g_assert_nonnull(strstr(hmp, "for the primary"));
+    mc_assert_state(to, "active");
+
+    qtest_qmp_assert_success(from, "{ 'execute': 'stop' }");
+    qtest_qmp_assert_success(from, "{ 'execute': 'mc-switchover' }");
+    ev = qtest_qmp_eventwait_ref(to, "MC_FAILOVER");
+    data = qdict_get_qdict(ev, "data");
+    g_assert_cmpstr(qdict_get_str(data, "role"), ==, "standby");
+    g_assert_cmpstr(qdict_get_str(data, "reason"), ==, "switchover");
+    qobject_unref(ev);
+    mc_wait_status(from, "completed");
+    mc_assert_state(from, "switchover");
+    g_assert_cmpstr(rs = mc_runstate(from), ==, "postmigrate");
+    mc_wait_status(to, "completed");
+    g_free(rs);
+    g_assert_cmpstr(rs = mc_runstate(to), ==, "paused");
+    for (addr = start_address; addr < end_address; addr += 4096) {
+        qtest_memread(from, addr, &a, 1);
+        qtest_memread(to, addr, &b, 1);
+        g_assert_cmpint(a, ==, b);
+    }
+    mc_check_guest_ram(to);
+    qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
+    mc_check_resumed(to);
+
+    qtest_quit(from);
+    qtest_quit(to);
+    mc_cleanup(tls);
+}
+
 /* Kill -9 the standby: the primary runs on and says so. */
 static void test_mc_kill_standby(void)
 {
@@ -930,6 +980,7 @@ int main(int argc, char **argv)
                        test_mc_kill_primary_sending);
         qtest_add_func("/mc/failover/kill-standby", test_mc_kill_standby);
         qtest_add_func("/mc/quit-primary", test_mc_quit_primary);
+        qtest_add_func("/mc/switchover", test_mc_switchover);
         qtest_add_func("/mc/stream/corrupt", test_mc_corrupt_checkpoint);
         qtest_add_func("/mc/stream/truncated", test_mc_truncated_checkpoint);
         qtest_add_func("/mc/stream/corrupt-always", test_mc_corrupt_always);
