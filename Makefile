@@ -160,10 +160,10 @@ check-reliability: build guest
 # Not test_throttle: a nested KVM guest dirties too slowly to outgrow
 # the buffer, and the test skips itself then.
 LAB_TESTS ?= test_consistency test_udp test_net test_pipeline \
-	test_precopy_smoke test_disk test_reliability test_rdma
+	test_precopy_smoke test_disk test_reliability test_rdma test_switchover
 LAB_RING_TESTS ?= test_consistency test_udp test_net_failover \
 	test_disk_kill_primary_records test_pipeline test_reliability \
-	test_dirty_bound test_rdma_memory test_rdma_failover
+	test_dirty_bound test_rdma_memory test_rdma_failover test_switchover_tcp
 lab: build guest
 	@bash scripts/build-lab.sh
 

@@ -249,6 +249,41 @@ def test_libvirt_mc_failover_by_hand():
         assert b.domstate('mcg') == 'running (mc failover)'
 
 
+def test_libvirt_mc_switchover():
+    """virsh mc-switchover, the new API, on the primary of an MC pair:
+    the domain runs on host b (its standby), QEMU's last checkpoint
+    taken with the guest stopped; on host a libvirt stops the domain as
+    after a migration (event Stopped Migrated) and, transient, forgets
+    it.  On the standby or outside MC it is a clear error that changes
+    nothing."""
+    with two_hosts('libvirt-mc-switch') as (wd, a, b):
+        serial = mc_pair(wd, a, b)
+        first = acked(a)
+        wait_for(lambda: acked(a) >= first + 3, 60, 'checkpoints')
+        r = b.virsh('mc-switchover', 'mcg', check=False)
+        assert r.returncode != 0 and 'not the primary' in r.stderr, r.stderr
+        assert b.domstate('mcg') == 'paused (mc standby)', b.domstate('mcg')
+
+        events = os.path.join(wd, 'events')
+        watcher = a.event_watcher('lifecycle', events)
+        time.sleep(1)
+        a.virsh('mc-switchover', 'mcg')
+        wait_takeover(b, serial)
+
+        def said():
+            with open(events) as f:
+                return "event 'lifecycle' for domain 'mcg': Stopped " \
+                       "Migrated" in f.read()
+        wait_for(said, 30, 'the Stopped Migrated event on a')
+        watcher.kill()
+        wait_for(lambda: 'mcg' not in a.virsh('list', '--all',
+                                              '--name').stdout.split(),
+                 30, 'the domain to leave host a')
+        r = b.virsh('mc-switchover', 'mcg', check=False)
+        assert r.returncode != 0 and 'not the primary' in r.stderr, r.stderr
+        assert b.domstate('mcg') == 'running (mc failover)'
+
+
 GUEST_IP = '10.77.0.2'
 CLIENT_IP = '10.77.0.10'
 GUEST_MAC = '52:54:00:77:00:02'
