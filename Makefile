@@ -13,6 +13,7 @@
 #   make check-lab  build, then every KVM test inside the lab
 #   make lab-bench  MC's pause under KVM against stop+cont, in the lab
 #   make lab-bench-rdma  MC over RDMA (soft-RoCE) against TCP, in the lab
+#   make bench-switchover  mc-switchover's downtime against a migration's
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
 #   make libvirt-debs  Debian's libvirt packages with our series (build/libvirt-debs)
@@ -85,7 +86,7 @@ NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/qtest/mc-test
 
 .PHONY: all setup base configure build build-asan check-asan guest check test check-disk-long demo bench debs \
-	check-reliability build-fuzz check-fuzz lab check-lab lab-bench lab-bench-rdma \
+	check-reliability build-fuzz check-fuzz lab check-lab lab-bench lab-bench-rdma bench-switchover \
 	libvirt libvirt-debs \
 	clean distclean
 
@@ -187,6 +188,12 @@ lab-bench-rdma: setup
 	@/usr/bin/python3 tests/lab/lab.py --name rdmabench --timeout 1800 \
 		--shell 'MC_TEST_ACCEL=kvm python3 bench/rdmabench.py'
 	@/usr/bin/python3 bench/rdmabench.py --from-log $(BUILD)/lab/logs/rdmabench.log
+
+# mc-switchover's downtime against a plain live migration's, on this
+# host: docs/bench/switchover.md, part of docs/benchmarks.md.
+bench-switchover: setup
+	@$(MAKE) --no-print-directory build guest
+	@/usr/bin/python3 bench/switchbench.py
 
 # Debian 12 packages of the fork, installable beside Debian's QEMU.
 debs: setup

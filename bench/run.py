@@ -790,10 +790,11 @@ def report(rows, run):
         f.write(disk_section(rows['disk']))
         f.write(copybench.section(rows['copy']))
         f.write(linkbench.section(rows['link'], rows['link_net']))
-        # the KVM lab's figures (make lab-bench, lab-bench-rdma) and those
-        # of the output trigger (bench/triggerbench.py --all), kept as
-        # they were written
-        for name in ('output-trigger.md', 'kvm-lab.md', 'rdma-lab.md'):
+        # the KVM lab's figures (make lab-bench, lab-bench-rdma), those
+        # of the output trigger (bench/triggerbench.py --all) and of the
+        # switchover (bench/switchbench.py), kept as they were written
+        for name in ('output-trigger.md', 'kvm-lab.md', 'rdma-lab.md',
+                     'switchover.md'):
             lab = os.path.join(TOP, 'docs', 'bench', name)
             if os.path.exists(lab):
                 with open(lab) as lf:
