@@ -207,7 +207,8 @@ def free_port():
     return port
 
 
-def wait_migration(qmp, want, timeout=120, bad=('failed', 'cancelled')):
+def wait_migration(qmp, want, timeout=120, bad=('failed', 'cancelled'),
+                   interval=0.1):
     deadline = time.time() + timeout
     while time.time() < deadline:
         st = qmp.cmd('query-migrate').get('status')
@@ -215,7 +216,7 @@ def wait_migration(qmp, want, timeout=120, bad=('failed', 'cancelled')):
             return
         if st in bad:
             raise AssertionError('migration went %s, wanted %s' % (st, want))
-        time.sleep(0.1)
+        time.sleep(interval)
     raise TimeoutError('migration not %s after %ds' % (want, timeout))
 
 

@@ -58,16 +58,23 @@ def memory_after_checkpoints(pair, wd, mem, timeout=30):
         assert time.time() < deadline, (pair.mc(), pair.mc(pair.standby))
         time.sleep(0.05)
     applied = pair.mc(pair.standby)['applied']
+    diff, _, _ = compare_memory(pair, wd, mem)
+    return diff, applied
+
+
+def compare_memory(pair, wd, mem):
+    """Dump both guests' first @mem bytes of RAM (both stopped), say what
+    differs; returns (pages that differ, the two dump files)."""
     p, s = os.path.join(wd, 'primary.mem'), os.path.join(wd, 'standby.mem')
     pair.primary.qmp.cmd('pmemsave', val=0, size=mem, filename=p)
     pair.standby.qmp.cmd('pmemsave', val=0, size=mem, filename=s)
     details = []
     diff = differing_pages(p, s, details)
     print('%d checkpoints applied; %d of %d pages differ %s' % (
-        applied, len(diff), mem // 4096, diff[:10]))
+        pair.mc(pair.standby)['applied'], len(diff), mem // 4096, diff[:10]))
     for line in details:
         print('  ' + line)
-    return diff, applied
+    return diff, p, s
 
 
 def test_standby_memory_equals_primary():

@@ -81,6 +81,16 @@ def check_trace(path):
     return holds, releases
 
 
+def wait_announced(topo, timeout=5):
+    """The standby announced the guest: the bridge learnt the guest's
+    MAC on the standby's tap."""
+    deadline = time.time() + timeout
+    while GUEST_MAC not in sh('bridge', '-n', topo.hv, 'fdb', 'show',
+                              'dev', topo.tap_name('standby')):
+        assert time.time() < deadline, 'guest MAC not on standby port'
+        time.sleep(0.05)
+
+
 def setup(name, wd=None, **kw):
     wd = wd or workdir(name)
     topo = Topology()
@@ -161,12 +171,7 @@ def failover_run(name, net, delay, **kw):
         ev = pair.standby.qmp.wait_event('MC_FAILOVER', timeout=30)
         assert ev['data']['role'] == 'standby', ev
         assert pair.standby.qmp.cmd('query-status')['status'] == 'running'
-        # announced: the bridge learnt the guest's MAC on the standby's tap
-        deadline = time.time() + 5
-        while GUEST_MAC not in sh('bridge', '-n', topo.hv, 'fdb', 'show',
-                                  'dev', topo.tap_name('standby')):
-            assert time.time() < deadline, 'guest MAC not on standby port'
-            time.sleep(0.05)
+        wait_announced(topo)
         try:
             client.wait(lambda evs: srv_count(evs) >= n_kill + 150 or
                         problems(evs), timeout=30)

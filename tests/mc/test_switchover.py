@@ -14,10 +14,11 @@ sides, and the command refused where it makes no sense.
 import os
 import time
 
-from mcnet import GUEST_MAC, problems, sh
+from mcnet import problems
 from mcvm import ACCEL, workdir
-from test_consistency import MEM, differing_pages
-from test_net import check_trace, setup, srv_count, teardown
+from test_consistency import MEM, compare_memory
+from test_net import (check_trace, setup, srv_count, teardown,
+                      wait_announced)
 
 
 def wall_clock_only(a, b, addr):
@@ -94,11 +95,7 @@ def test_switchover_tcp_stream():
         assert pair.primary.qmp.cmd('query-status')['status'] == \
             'postmigrate'
         assert pair.standby.qmp.cmd('query-status')['status'] == 'running'
-        deadline = time.time() + 5
-        while GUEST_MAC not in sh('bridge', '-n', topo.hv, 'fdb', 'show',
-                                  'dev', topo.tap_name('standby')):
-            assert time.time() < deadline, 'guest MAC not on standby port'
-            time.sleep(0.05)
+        wait_announced(topo)
         client.wait(lambda evs: srv_count(evs) >= n_switch + 150 or
                     problems(evs), timeout=30)
         evs = client.stop()
@@ -146,16 +143,7 @@ def test_switchover_paused_guest_memory():
         assert info['status'] == 'completed', info
         status = pair.standby.qmp.cmd('query-status')['status']
         assert status == 'paused', status
-        p, s = os.path.join(wd, 'primary.mem'), os.path.join(wd, 'standby.mem')
-        pair.primary.qmp.cmd('pmemsave', val=0, size=MEM, filename=p)
-        pair.standby.qmp.cmd('pmemsave', val=0, size=MEM, filename=s)
-        details = []
-        diff = differing_pages(p, s, details)
-        print('%d checkpoints applied; %d of %d pages differ %s' % (
-            pair.mc(pair.standby)['applied'], len(diff), MEM // 4096,
-            diff[:10]))
-        for line in details:
-            print('  ' + line)
+        diff, p, s = compare_memory(pair, wd, MEM)
         if ACCEL.startswith('kvm'):
             diff = [d for d in diff if not wall_clock_only(p, s, int(d, 16))]
         assert not diff, diff
