@@ -120,8 +120,10 @@ static void mc_checkpoint_copy_threads(MCSession *mc)
  * the handlers to stop.  Under KVM they also keep kvmclock and each
  * vCPU's TSC in step with a stop (the clock is sampled at the stop and
  * set back at the start; a saved TSC stays valid until a start): to
- * do without them MC would have to do that itself, and this project
- * cannot run KVM guests to test it, so under KVM they still run.
+ * do without them MC would have to do that itself, so under KVM they
+ * still run.  They come before the output barrier; those that wait
+ * for a vCPU poll the main loop there, which is harmless to output
+ * commit (the guest's output so far is this epoch's either way).
  */
 static bool mc_pause_notifies(void)
 {
@@ -132,42 +134,71 @@ static bool mc_pause_notifies(void)
  * The light pause: the vCPUs stop, the virtual clock stops with them
  * (saved timers match the saved clock), nothing else.  No run-state
  * change anyone sees: the run state is finish-migrate only while the
- * BQL is held (device save code checks the VM is not running), and no
+ * BQL is held, from the handlers to the resume (device save code
+ * checks the VM is not running), and no
  * event is sent.  No block flush, and (TCG) no VM state-change
  * handlers: see mc_pause_notifies().  The block layer is drained by
  * the disk participant.
  */
-static bool mc_guest_pause(void)
+/* Whether every vCPU is still stopped, under the BQL */
+static bool mc_vcpus_stopped(void)
 {
-    if (!runstate_is_running()) {
-        return false;
-    }
-    cpu_disable_ticks();
-    pause_all_vcpus();
-    /*
-     * KVM: fetch the vCPUs' registers now, before the output barrier.
-     * Saving the CPUs would do it later, each with a run_on_cpu() that
-     * drops the BQL while it waits, and the main loop would run there:
-     * device emulation (a NIC's transmit) after the barrier.  Fetched,
-     * they stay with QEMU (vcpu_dirty) until each vCPU runs again.
-     * Under TCG this does nothing.
-     */
-    cpu_synchronize_all_states();
-    /*
-     * Both drop the BQL while they wait: a "stop" may have run
-     * meanwhile, and then the VM stays stopped.  Past this point the
-     * BQL is held until mc_guest_resume() (patches/tcg-dirty-sync-
-     * stopped-vcpus), but for the KVM state-change handlers just
-     * below, which are still before the barrier.
-     */
-    if (!runstate_is_running()) {
-        return false;
-    }
-    runstate_set(RUN_STATE_FINISH_MIGRATE);
-    if (mc_pause_notifies()) {
-        vm_state_notify(false, RUN_STATE_FINISH_MIGRATE);
+    CPUState *cpu;
+
+    CPU_FOREACH(cpu) {
+        if (!cpu->stopped) {
+            return false;
+        }
     }
     return true;
+}
+
+static bool mc_guest_pause(void)
+{
+    for (;;) {
+        if (!runstate_is_running()) {
+            return false;
+        }
+        cpu_disable_ticks();
+        pause_all_vcpus();
+        /*
+         * KVM: fetch the vCPUs' registers now, before the output
+         * barrier.  Saving the CPUs would do it later, each with a
+         * run_on_cpu() that drops the BQL while it waits, and the main
+         * loop would run there: device emulation (a NIC's transmit)
+         * after the barrier.  Fetched, they stay with QEMU (vcpu_dirty)
+         * until each vCPU runs again.  Under TCG this does nothing.
+         */
+        cpu_synchronize_all_states();
+        /*
+         * KVM's handlers come before the run state changes: kvmclock's
+         * waits for each vCPU (run_on_cpu) with the BQL dropped, and the
+         * monitor runs there.  It must still see "running": a
+         * query-status would read finish-migrate, a "stop" would be
+         * swallowed (do_vm_stop does nothing to a VM that is not
+         * running, and the resume would undo it) and a "cont" refused.
+         * With the run state still running, a stop there is a real
+         * stop: it runs the handlers itself and leaves the VM paused.
+         */
+        if (mc_pause_notifies() && runstate_is_running()) {
+            vm_state_notify(false, RUN_STATE_FINISH_MIGRATE);
+        }
+        /*
+         * Past this point the BQL is held until mc_guest_resume()
+         * (patches/tcg-dirty-sync-stopped-vcpus).  Before it, the waits
+         * above dropped it: a "stop" leaves the VM stopped; a "stop"
+         * then a "cont" restarted the vCPUs, so pause them again (the
+         * handlers are told again, as a stop after a cont would).
+         */
+        if (!runstate_is_running()) {
+            return false;
+        }
+        if (mc_vcpus_stopped()) {
+            runstate_set(RUN_STATE_FINISH_MIGRATE);
+            return true;
+        }
+        trace_mc_checkpoint_pause_again();
+    }
 }
 
 /*

@@ -58,6 +58,66 @@ def test_pipeline_delay0_consistent_no_events():
         shutil.rmtree(wd, ignore_errors=True)
 
 
+def test_run_state_through_checkpoints():
+    """A management client sees "running" between and inside
+    checkpoints, and its "stop" and "cont" take effect whenever they
+    land, a checkpoint's pause included.  Under KVM the pause runs the
+    VM state-change handlers, and kvmclock's drops the BQL: the monitor
+    runs inside the pause there.  Checkpoints back to back (mc-delay 0)
+    so that commands often land in a pause."""
+    wd = workdir('pipeline-runstate')
+    pair = None
+    try:
+        pair = Pair(None, wd, nics=(), delay=0, app='mc.dirty=16,2000')
+        pair.start_mc()
+        p = pair.primary
+        seen = {}
+        swallowed = 0
+        refused = []
+        rounds = 0
+        a0 = pair.mc()['acked']
+        deadline = time.time() + RUN_S * 2
+        while time.time() < deadline:
+            rounds += 1
+            for _ in range(10):
+                st = p.qmp.cmd('query-status')['status']
+                seen[st] = seen.get(st, 0) + 1
+            p.qmp.cmd('stop')
+            # a stop that a checkpoint's resume undid reads "running"
+            # (or finish-migrate) again within one pause
+            for _ in range(5):
+                st = p.qmp.cmd('query-status')['status']
+                if st != 'paused':
+                    swallowed += 1
+                    break
+                time.sleep(0.002)
+            resp = p.qmp.cmd_raw('cont')
+            if 'error' in resp:
+                refused.append(resp['error']['desc'])
+                if p.qmp.cmd('query-status')['status'] != 'running':
+                    p.qmp.cmd('cont')
+        m = pair.mc()
+        print('%d stop/cont rounds over %d checkpoints: statuses seen while '
+              'running %s, stops not holding %d, conts refused %d %s' %
+              (rounds, m['acked'] - a0, seen, swallowed, len(refused),
+               sorted(set(refused))))
+        assert m['acked'] - a0 > rounds, 'too few checkpoints to tell'
+        assert set(seen) == {'running'}, seen
+        assert not swallowed, '%d of %d stops did not hold' % (swallowed,
+                                                              rounds)
+        assert not refused, '%d of %d conts refused: %s' % (
+            len(refused), rounds, sorted(set(refused)))
+        assert m['state'] == 'active', m
+        # and no checkpoint was taken with a vCPU running
+        p.qmp.cmd('stop')
+        diff, _ = memory_after_checkpoints(pair, wd, MEM)
+        assert not diff, diff
+    finally:
+        if pair:
+            pair.close()
+        shutil.rmtree(wd, ignore_errors=True)
+
+
 def test_steady_state_allocates_nothing():
     """SPEC 3.6: once running, a checkpoint allocates nothing on either
     side (taking, sending, acknowledging; receiving, verifying,
