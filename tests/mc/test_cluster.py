@@ -1,0 +1,309 @@
+"""Pacemaker decides failover and re-protects (cluster/ocf/mc-domain):
+three cluster nodes on one machine (mccluster.py), the test guest as a
+promotable clone of the agent, a client's TCP stream to it.
+
+Each scenario prints the time to each step.  make check runs
+test_cluster_primary_node_killed once; make check-cluster runs every
+scenario MC_CLUSTER_RUNS times (10).
+"""
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+
+from mccluster import (CLIENT_NS, GUEST_IP, Cluster, guest_xml, wait_for)
+from mcnet import Client, problems
+from mcvm import workdir
+
+RSC = 'mcvm'
+
+
+@contextlib.contextmanager
+def cluster_up(name):
+    wd = workdir(name)
+    c = None
+    try:
+        c = Cluster(wd)
+        yield wd, c
+    except BaseException:
+        if c:
+            print(c.logs())
+        raise
+    finally:
+        if c:
+            c.close()
+    shutil.rmtree(wd, ignore_errors=True)
+
+
+def add_resource(c, xml, delay=50):
+    c.configure(
+        'primitive %s ocf:qemu-mc:mc-domain params config="%s" '
+        'migrate_options="--mc-delay %d --mc-heartbeat-timeout 3000" '
+        'op monitor interval=3s role=Promoted timeout=30s '
+        'op monitor interval=4s role=Unpromoted timeout=30s '
+        'op start timeout=60s op stop timeout=60s '
+        'op promote timeout=120s op demote timeout=120s '
+        'op notify timeout=60s\n'
+        'clone %s-clone %s meta promotable=true promoted-max=1 '
+        'promoted-node-max=1 clone-max=2 clone-node-max=1 notify=true\n'
+        % (RSC, xml, delay, RSC, RSC))
+
+
+def roles(c):
+    """(primary, standby): the node running the domain protected, the
+    node holding its standby; None where there is none."""
+    primary = standby = None
+    for n in c.nodes:
+        st = n.domstate()
+        if st.startswith('running') and n.protected():
+            primary = n.name
+        elif st == 'paused (mc standby)':
+            standby = n.name
+    return primary, standby
+
+
+def wait_protected(c, timeout=240, exclude=()):
+    def both():
+        p, s = roles(c)
+        return (p, s) if p and s and s not in exclude else None
+    return wait_for(both, timeout, 'the domain protected', 0.5)
+
+
+def running_nodes(c):
+    return [n.name for n in c.nodes if n.domstate().startswith('running')]
+
+
+def start_client(c, wd, serial):
+    def listening():
+        try:
+            with open(serial, errors='replace') as f:
+                return 'mc-tcpserv: listening' in f.read()
+        except FileNotFoundError:
+            return False
+    wait_for(listening, 120, 'the guest server')
+    client = Client(c, CLIENT_NS, os.path.join(wd, 'client'), GUEST_IP,
+                    7000, 10)
+    client.wait(lambda evs: client.count() >= 20)
+    return client
+
+
+def check_client(client, n_before, more=100, timeout=90):
+    client.wait(lambda evs: client.count() >= n_before + more or
+                problems(evs), timeout=timeout)
+    evs = client.stop()
+    assert not problems(evs), problems(evs)
+    assert client.last_srv() >= n_before + more, (client.last_srv(),
+                                                  n_before)
+
+
+class Sampler:
+    """Counts the nodes that run the guest, every 0.3 s, in a thread: two
+    at once is split brain."""
+
+    def __init__(self, c):
+        self.c, self.most, self.samples = c, 0, 0
+        self.seen = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while not self._stop.wait(0.3):
+            running = running_nodes(self.c)
+            self.samples += 1
+            if len(running) > self.most:
+                self.most = len(running)
+                self.seen = running
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join()
+        return self.most
+
+
+def protect(c, wd):
+    """The resource added; returns (primary, standby, seconds to
+    protected, client, serial)."""
+    xml, serial = guest_xml(wd)
+    t = time.time()
+    add_resource(c, xml)
+    p, s = wait_protected(c)
+    t_prot = time.time() - t
+    client = start_client(c, wd, serial)
+    time.sleep(1)
+    return p, s, t_prot, client
+
+
+def fenced_after(c, name, t0):
+    f = [t for t, n, _ in c.fenced if n == name and t >= t0]
+    return f[0] - t0 if f else None
+
+
+def primary_node_killed(wd, c):
+    p, s, t_prot, client = protect(c, wd)
+    n_kill = client.last_srv()
+    t0 = time.time()
+    c[p].kill()
+    wait_for(lambda: c[s].domstate().startswith('running'), 120,
+             'the standby on %s to be promoted' % s)
+    t_promoted = time.time() - t0
+    third = next(n.name for n in c.nodes if n.name not in (p, s))
+    p2, s2 = wait_protected(c, exclude=(p,))
+    t_reprot = time.time() - t0
+    check_client(client, n_kill)
+    fig = {'protected s': t_prot, 'fenced s': fenced_after(c, p, t0),
+           'promoted s': t_promoted, 'protected again s': t_reprot}
+    print('%s -> %s; %s killed: %s; now %s -> %s; client record %d at the '
+          'kill, %d at the end, no gap, reset or duplicate' % (
+              p, s, p, fig, p2, s2, n_kill, client.last_srv()))
+    assert fig['fenced s'] is not None, 'the dead node was never fenced'
+    assert (p2, s2) == (s, third), (p2, s2)
+    assert running_nodes(c) == [s], running_nodes(c)
+    return fig
+
+
+def standby_node_killed(wd, c):
+    p, s, t_prot, client = protect(c, wd)
+    n_kill = client.last_srv()
+    t0 = time.time()
+    c[s].kill()
+    third = next(n.name for n in c.nodes if n.name not in (p, s))
+    p2, s2 = wait_protected(c, exclude=(s,))
+    t_reprot = time.time() - t0
+    check_client(client, n_kill)
+    fig = {'protected s': t_prot, 'fenced s': fenced_after(c, s, t0),
+           'protected again s': t_reprot}
+    print('%s -> %s; %s killed: %s; now %s -> %s; client record %d at the '
+          'kill, %d at the end' % (p, s, s, fig, p2, s2, n_kill,
+                                    client.last_srv()))
+    assert fig['fenced s'] is not None, 'the dead node was never fenced'
+    assert (p2, s2) == (p, third), (p2, s2)
+    return fig
+
+
+def primary_node_isolated(wd, c):
+    p, s, t_prot, client = protect(c, wd)
+    sampler = Sampler(c)
+    n_cut = client.last_srv()
+    t0 = time.time()
+    c[p].cut()
+    wait_for(lambda: c[s].domstate().startswith('running'), 120,
+             'the standby on %s to be promoted' % s)
+    t_promoted = time.time() - t0
+    p2, s2 = wait_protected(c, exclude=(p,))
+    t_reprot = time.time() - t0
+    check_client(client, n_cut)
+    most = sampler.stop()
+    fig = {'protected s': t_prot, 'fenced s': fenced_after(c, p, t0),
+           'promoted s': t_promoted, 'protected again s': t_reprot}
+    print('%s -> %s; %s cut off: %s; now %s -> %s; at most %d node(s) '
+          'running the guest in %d samples (%s); client record %d at the '
+          'cut, %d at the end' % (p, s, p, fig, p2, s2, most,
+                                  sampler.samples, sampler.seen, n_cut,
+                                  client.last_srv()))
+    assert most <= 1, 'two guests ran at once: %s' % sampler.seen
+    assert fig['fenced s'] is not None, 'the isolated node was not fenced'
+    assert not c[p].alive()
+    assert p2 == s, (p2, s2)
+    return fig
+
+
+def planned_move(wd, c):
+    p, s, t_prot, client = protect(c, wd)
+    n_move = client.last_srv()
+    t0 = time.time()
+    c.any_node().run('crm_resource', '--move', '--promoted', '--resource',
+                     RSC + '-clone', '--node', s)
+    wait_for(lambda: c[s].domstate().startswith('running'), 120,
+             'the domain to run on %s' % s)
+    t_moved = time.time() - t0
+    p2, s2 = wait_protected(c)
+    t_reprot = time.time() - t0
+    c.any_node().run('crm_resource', '--clear', '--resource', RSC + '-clone')
+    check_client(client, n_move)
+    fig = {'protected s': t_prot, 'moved s': t_moved,
+           'protected again s': t_reprot}
+    print('%s -> %s; moved to %s: %s; now %s -> %s; client record %d at '
+          'the move, %d at the end' % (p, s, s, fig, p2, s2, n_move,
+                                       client.last_srv()))
+    assert not c.fenced, c.fenced
+    assert p2 == s, (p2, s2)
+    return fig
+
+
+def libvirtd_restart(wd, c):
+    p, s, t_prot, client = protect(c, wd)
+    n0 = client.last_srv()
+    acked0 = None
+    for name in (p, s):
+        node = c[name]
+        node.run('pkill', '-x', 'libvirtd')
+        wait_for(lambda: node.run('pgrep', '-x', 'libvirtd',
+                                  check=False).returncode != 0, 30,
+                 'libvirtd to end on ' + name)
+        time.sleep(2)
+        node.start_libvirtd()
+        wait_for(lambda: node.virsh('uri', check=False).returncode == 0, 60,
+                 'libvirtd back on ' + name)
+    time.sleep(10)
+    acked0 = c[p].virsh('domjobinfo', 'mcg').stdout
+    check_client(client, n0)
+    failures = c.any_node().run('crm_mon', '-1', '--include=failures',
+                                check=False).stdout
+    print('%s -> %s; libvirtd restarted on both; roles now %s; %s' % (
+        p, s, roles(c), failures.split('Failed Resource Actions')[-1]
+        if 'Failed Resource Actions' in failures else 'no failed action'))
+    assert roles(c) == (p, s), roles(c)
+    assert 'Checkpoints acked' in acked0, acked0
+    assert 'Failed Resource Actions' not in failures, failures
+    assert not c.fenced, c.fenced
+    return {'protected s': t_prot}
+
+
+SCENARIOS = {
+    'primary-node-killed': primary_node_killed,
+    'standby-node-killed': standby_node_killed,
+    'primary-node-isolated': primary_node_isolated,
+    'planned-move': planned_move,
+    'libvirtd-restart': libvirtd_restart,
+}
+
+
+def run_scenario(name):
+    with cluster_up('cluster-' + name) as (wd, c):
+        return SCENARIOS[name](wd, c)
+
+
+def test_cluster_primary_node_killed():
+    """The primary's node loses power: Pacemaker fences it, promotes the
+    standby (it takes over from the last acknowledged checkpoint: the
+    client's TCP connection carries on), starts an unpromoted instance
+    on the third node, and the new primary protects itself to it."""
+    run_scenario('primary-node-killed')
+
+
+def test_cluster_standby_node_killed():
+    """The standby's node loses power: once it is fenced the primary
+    drops its standby (QEMU waited: policy manual) and protects itself
+    to the third node; the client's connection carries on."""
+    run_scenario('standby-node-killed')
+
+
+def test_cluster_primary_node_isolated():
+    """The primary's node loses its cluster link: the other two fence
+    it and promote the standby; never do two nodes run the guest."""
+    run_scenario('primary-node-isolated')
+
+
+def test_cluster_planned_move():
+    """crm_resource --move --promoted to the standby's node: a
+    switchover; the client's connection carries on and the domain is
+    protected again, back to the old node."""
+    run_scenario('planned-move')
+
+
+def test_cluster_libvirtd_restart():
+    """libvirtd restarted on both nodes: nothing changes, nothing fails."""
+    run_scenario('libvirtd-restart')
