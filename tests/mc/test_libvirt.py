@@ -82,12 +82,14 @@ def test_libvirt_live_migration():
                  'the guest to tick on b')
 
 
-def mc_pair(wd, a, b, delay=50, policy='safe', before=None):
+def mc_pair(wd, a, b, delay=50, policy='safe', before=None,
+            extra_devices=''):
     """The test guest started on host @a, then protected by
     virsh migrate --live --mc to host @b (@before(a, b) runs first)."""
     xml = os.path.join(wd, 'mcg.xml')
     with open(xml, 'w') as f:
-        f.write(domain_xml('mcg', wd, append='mc.dirty=16,2000'))
+        f.write(domain_xml('mcg', wd, append='mc.dirty=16,2000',
+                           extra_devices=extra_devices))
     a.virsh('create', xml)
     serial = os.path.join(wd, 'mcg.serial')
     wait_for(lambda: last_tick(serial) >= 2, 120, 'the guest to tick')
@@ -247,6 +249,31 @@ def test_libvirt_mc_failover_by_hand():
         assert r.returncode != 0 and 'not part of a micro-checkpointing' \
             in r.stderr, r.stderr
         assert b.domstate('mcg') == 'running (mc failover)'
+
+
+def link_up(host, dev):
+    from lvhost import sh
+    r = sh('ip', '-n', host.ns, '-o', 'link', 'show', dev, check=False)
+    assert r.returncode == 0, r.stderr
+    return ',UP' in r.stdout.split('>')[0]
+
+
+def test_libvirt_mc_takeover_starts_devices():
+    """A macvtap NIC: libvirt creates it offline on the standby (as for
+    any incoming migration: it shares the guest's MAC) and brings it up
+    before it starts a domain's CPUs.  A standby's QEMU starts them by
+    itself when it takes over: libvirt must bring the device up then."""
+    nic = ("<interface type='direct'><mac address='52:54:00:77:00:05'/>"
+           "<source dev='eth0' mode='bridge'/><target dev='mclmv0'/>"
+           "<model type='virtio'/></interface>")
+    with two_hosts('libvirt-mc-devices') as (wd, a, b):
+        serial = mc_pair(wd, a, b, extra_devices=nic)
+        assert link_up(a, 'mclmv0'), 'the primary\'s macvtap is down'
+        assert not link_up(b, 'mclmv0'), 'the standby\'s macvtap is up'
+        kill_primary(a)
+        wait_takeover(b, serial)
+        wait_for(lambda: link_up(b, 'mclmv0'), 10,
+                 'the macvtap to come up on the standby that took over')
 
 
 def test_libvirt_mc_switchover():
