@@ -14,6 +14,7 @@
 #   make lab-bench  MC's pause under KVM against stop+cont, in the lab
 #   make lab-bench-rdma  MC over RDMA (soft-RoCE) against TCP, in the lab
 #   make bench-switchover  mc-switchover's downtime against a migration's
+#   make check-cluster  every Pacemaker scenario 10 times (docs/bench/cluster.md)
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
 #   make libvirt-debs  Debian's libvirt packages with our series (build/libvirt-debs)
@@ -86,7 +87,7 @@ NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/qtest/mc-test
 
 .PHONY: all setup base configure build build-asan check-asan guest check test check-disk-long demo bench debs \
-	check-reliability build-fuzz check-fuzz lab check-lab lab-bench lab-bench-rdma bench-switchover \
+	check-reliability build-fuzz check-fuzz lab check-lab lab-bench lab-bench-rdma bench-switchover check-cluster \
 	libvirt libvirt-debs \
 	clean distclean
 
@@ -150,6 +151,17 @@ check-disk-long: build guest
 RELIABILITY_ARGS ?= --long --table docs/reliability.md
 check-reliability: build guest
 	@/usr/bin/python3 tests/mc/reliability.py $(RELIABILITY_ARGS)
+
+# Pacemaker deciding failover and re-protecting (cluster/ocf/mc-domain):
+# every scenario of tests/mc/test_cluster.py (make check runs each once)
+# 10 times, each on a fresh three-node cluster of namespaces; the table
+# goes to docs/bench/cluster.md, part of docs/benchmarks.md.  About 10
+# minutes a scenario.  CLUSTER_ARGS: e.g. --runs 2 planned-move (then
+# the table is printed, docs/ left alone).
+CLUSTER_ARGS ?= --runs 10 --table docs/bench/cluster.md
+check-cluster: setup
+	@$(MAKE) --no-print-directory build guest libvirt
+	@/usr/bin/python3 tests/mc/cluster_runs.py $(CLUSTER_ARGS)
 
 # The KVM lab: a Linux VM run under TCG with AMD SVM and nested paging,
 # in which KVM works (tests/lab/lab.py, docs/devel/mc-kvm-lab.rst).

@@ -2,6 +2,8 @@
 # Build Debian 12 binary packages of the fork from the build tree:
 #   qemu-mc-system-x86  the emulator, /usr/bin/qemu-mc-system-x86_64
 #   qemu-mc-utils       qemu-img, /usr/bin/qemu-mc-img
+#   qemu-mc-cluster     the Pacemaker resource agent ocf:qemu-mc:mc-domain
+#                       (cluster/ocf/mc-domain), architecture all
 # They install beside Debian's qemu-system-x86 and qemu-utils (no shared
 # file, no diversion): the programs live in /usr/lib/qemu-mc/bin and the
 # commands in /usr/bin carry the qemu-mc- prefix.  No data file is needed
@@ -130,4 +132,39 @@ build_pkg qemu-mc-system-x86 \
 build_pkg qemu-mc-utils \
     "QEMU disk image utility (qemu-img) of the MC fork" "" \
     qemu-img:qemu-mc-img
+# The resource agent: a script, no ELF file, no shlibs.
+agent_pkg() {
+    local pkg=qemu-mc-cluster root size
+    root=$stage/$pkg
+    mkdir -p "$root/DEBIAN" "$root/usr/lib/ocf/resource.d/qemu-mc"
+    install -m 0755 "$top/cluster/ocf/mc-domain" \
+        "$root/usr/lib/ocf/resource.d/qemu-mc/mc-domain"
+    docs "$pkg" "$root"
+    size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+    cat > "$root/DEBIAN/control" <<EOF
+Package: $pkg
+Source: qemu-mc
+Version: $version
+Architecture: all
+Maintainer: $maint
+Installed-Size: $size
+Depends: resource-agents, pacemaker-cli-utils
+Recommends: pacemaker, corosync, libvirt-clients
+Section: admin
+Priority: optional
+Homepage: https://www.qemu.org/
+Description: Pacemaker resource agent for micro-checkpointed libvirt domains
+ ocf:qemu-mc:mc-domain runs a libvirt domain protected by the QEMU MC
+ fork's micro-checkpointing as a promotable clone: Pacemaker decides
+ which node runs it, takes over from the standby when the primary's
+ node fails and protects the domain again on another node.  Needs the
+ MC fork's QEMU and libvirt on every node, and fencing.
+EOF
+    (cd "$root" && find . -path ./DEBIAN -prune -o -type f -print0 |
+        sort -z | xargs -0 md5sum | sed 's| \./| |') > "$root/DEBIAN/md5sums"
+    dpkg-deb --root-owner-group -Zxz --build "$root" \
+        "$out/${pkg}_${version}_all.deb" >/dev/null
+    echo "build-debs: $out/${pkg}_${version}_all.deb"
+}
+agent_pkg
 rm -rf "$stage"

@@ -307,3 +307,18 @@ def test_cluster_planned_move():
 def test_cluster_libvirtd_restart():
     """libvirtd restarted on both nodes: nothing changes, nothing fails."""
     run_scenario('libvirtd-restart')
+
+
+def test_cluster_agent_ocf_tester():
+    """resource-agents' ocf-tester on the agent, on a cluster node with
+    the test domain: every action, repeated actions, a promotion and a
+    demotion (no standby: the domain boots, then stops)."""
+    with cluster_up('cluster-ocf-tester') as (wd, c):
+        xml, _ = guest_xml(wd)
+        r = c['n1'].run('ocf-tester', '-n', 'mctest', '-o', 'config=' + xml,
+                        '/usr/lib/ocf/resource.d/qemu-mc/mc-domain',
+                        check=False, timeout=600)
+        print(r.stdout[-3000:], r.stderr[-3000:])
+        assert r.returncode == 0 and 'passed all tests' in r.stdout, \
+            r.returncode
+        assert c['n1'].domstate() == '', 'the domain was left behind'

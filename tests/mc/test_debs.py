@@ -20,7 +20,8 @@ from mcvm import (BUILD, TOP, VM, Skip, guest_args, free_port,
                   wait_migration, workdir)
 
 OBJ = os.path.join(BUILD, 'qemu')
-PKGS = ('qemu-mc-system-x86', 'qemu-mc-utils')
+PKGS = ('qemu-mc-system-x86', 'qemu-mc-utils', 'qemu-mc-cluster')
+AGENT = '/usr/lib/ocf/resource.d/qemu-mc/mc-domain'
 EMU = '/usr/bin/qemu-mc-system-x86_64'
 IMG = '/usr/bin/qemu-mc-img'
 
@@ -34,7 +35,7 @@ def build_debs(out, version=None):
     assert r.returncode == 0, r.stdout + r.stderr
     debs = sorted(os.path.join(out, f) for f in os.listdir(out)
                   if f.endswith('.deb'))
-    assert len(debs) == 2, debs
+    assert len(debs) == 3, debs
     return debs
 
 
@@ -101,8 +102,9 @@ def test_debs_install_run_upgrade_purge():
                            base + '+mc0']).returncode == 0, version
 
     # Nothing we ship is a path another installed package owns.
-    listing = subprocess.run(['dpkg-deb', '-c', new[0]], capture_output=True,
-                             text=True, check=True).stdout
+    listing = ''.join(subprocess.run(['dpkg-deb', '-c', deb],
+                                     capture_output=True, text=True,
+                                     check=True).stdout for deb in new)
     for line in listing.splitlines():
         path = line.split()[5].lstrip('.').split(' ->')[0]
         if path and not path.endswith('/'):
@@ -126,6 +128,9 @@ def test_debs_install_run_upgrade_purge():
 
         out = root.run(EMU, '--version').stdout
         assert '-mc' in out, out
+        # the resource agent, where Pacemaker looks for ocf:qemu-mc:*
+        out = root.run(AGENT, 'meta-data').stdout
+        assert '<resource-agent name="mc-domain"' in out, out
 
         # A protected pair run by the installed emulator, no -L.
         port = free_port()
