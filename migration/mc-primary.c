@@ -28,6 +28,7 @@
 #include "system/cpu-throttle.h"
 #include "system/runstate.h"
 #include "migration.h"
+#include "migration-stats.h"
 #include "options.h"
 #include "qemu-file.h"
 #include "mc-session.h"
@@ -1354,6 +1355,29 @@ void mc_primary_run(MigrationState *s)
     }
     mc_primary_end(mc, s, epoch, err);
     error_free(err);
+}
+
+/*
+ * Whether precopy may end into MC although it has not converged.  A
+ * guest that dirties memory faster than the link never gets under the
+ * downtime limit, so MC would never start; MC does not need it to (its
+ * checkpoints are bounded by the staging buffer and the throttle).  So
+ * once a full pass is done and what remains is at most a quarter of the
+ * staging buffer, the initial stop-and-copy sends it and MC begins: a
+ * longer first downtime (in query-migrate), then checkpoints.  With
+ * mc-switchover after it, this is checkpoint-mode migration.  Migration
+ * thread.
+ */
+bool mc_precopy_may_end(uint64_t pending)
+{
+    bool may = migrate_mc() &&
+               stat64_get(&mig_stats.dirty_sync_count) >= 2 &&
+               pending <= migrate_mc_max_buffer_size() / 4;
+
+    if (may) {
+        trace_mc_primary_precopy_end(pending);
+    }
+    return may;
 }
 
 /*

@@ -86,6 +86,7 @@ bool migration_in_mc_state(void);
 bool mc_saving_devices(void);
 void mc_primary_run(MigrationState *s);
 bool mc_primary_cancel(MigrationStatus old_state);
+bool mc_precopy_may_end(uint64_t pending);
 bool coroutine_fn mc_standby_co(MigrationIncomingState *mis);
 bool mc_standby_defers_cpu_put(void);
 void mc_fill_info(MigrationInfo *info);

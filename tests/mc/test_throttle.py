@@ -120,3 +120,36 @@ def test_throttle_keeps_mc_running():
         if pair:
             pair.close()
         shutil.rmtree(wd, ignore_errors=True)
+
+
+def test_unconverged_precopy_enters_mc():
+    """A guest that rewrites 24 MiB at 80 MB/s against a 8 MB/s link
+    (max-bandwidth): precopy can never get under its downtime limit
+    (2.4 MB at 300 ms), so before mc_precopy_may_end() an MC migration
+    never began.  Now MC begins once a full pass is done and the
+    remainder fits a quarter of the staging buffer (128 MiB): the first
+    downtime is longer, then checkpoints, and the standby's memory
+    equals the primary's."""
+    wd = workdir('mc-unconverged')
+    pair = None
+    try:
+        pair = Pair(None, wd, nics=(), delay=100, app='mc.dirty=24,20000')
+        pair.primary.qmp.cmd('migrate-set-parameters',
+                             **{'max-bandwidth': 8 << 20})
+        t = time.time()
+        pair.start_mc(timeout=240)
+        began = time.time() - t
+        info = pair.primary.qmp.cmd('query-migrate')
+        ram = info.get('ram', {})
+        print('MC began after %.1f s: %d dirty syncs, first downtime %s ms, '
+              '%d checkpoints acknowledged so far' % (
+                  began, ram.get('dirty-sync-count', -1),
+                  info.get('downtime'), pair.mc()['acked']))
+        time.sleep(3)
+        pair.primary.qmp.cmd('stop')
+        diff, applied = memory_after_checkpoints(pair, wd, MEM)
+        assert not diff, diff
+    finally:
+        if pair:
+            pair.close()
+        shutil.rmtree(wd, ignore_errors=True)
