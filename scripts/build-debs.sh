@@ -118,11 +118,17 @@ Description: $desc
  the checkpoint that produced it.  Installs beside Debian's QEMU
  packages: the commands are named qemu-mc-*.
 EOF
+    pack "$pkg" "$root" "$arch"
+}
+
+# pkg, staging root, architecture: md5sums, then the .deb
+pack() {
+    local pkg=$1 root=$2 a=$3
     (cd "$root" && find . -path ./DEBIAN -prune -o -type f -print0 |
         sort -z | xargs -0 md5sum | sed 's| \./| |') > "$root/DEBIAN/md5sums"
     dpkg-deb --root-owner-group -Zxz --build "$root" \
-        "$out/${pkg}_${version}_$arch.deb" >/dev/null
-    echo "build-debs: $out/${pkg}_${version}_$arch.deb"
+        "$out/${pkg}_${version}_$a.deb" >/dev/null
+    echo "build-debs: $out/${pkg}_${version}_$a.deb"
 }
 
 build_pkg qemu-mc-system-x86 \
@@ -160,11 +166,7 @@ Description: Pacemaker resource agent for micro-checkpointed libvirt domains
  node fails and protects the domain again on another node.  Needs the
  MC fork's QEMU and libvirt on every node, and fencing.
 EOF
-    (cd "$root" && find . -path ./DEBIAN -prune -o -type f -print0 |
-        sort -z | xargs -0 md5sum | sed 's| \./| |') > "$root/DEBIAN/md5sums"
-    dpkg-deb --root-owner-group -Zxz --build "$root" \
-        "$out/${pkg}_${version}_all.deb" >/dev/null
-    echo "build-debs: $out/${pkg}_${version}_all.deb"
+    pack "$pkg" "$root" all
 }
 agent_pkg
 rm -rf "$stage"

@@ -26,8 +26,8 @@ import threading
 import time
 import uuid
 
-from lvhost import LIBVIRTD, RUN, VIRSH
-from mcvm import GUEST, QEMU, Skip
+from lvhost import LIBVIRTD, RUN, VIRSH, domain_xml
+from mcvm import GUEST, Skip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -390,38 +390,15 @@ class Cluster:
 
 
 def guest_xml(wd, name='mcg', mem_mib=256):
-    """The test guest as a libvirt domain with a NIC on each node's br0,
-    serving a TCP stream on port 7000."""
-    kernel = os.path.join(GUEST, 'vmlinuz')
-    initrd = os.path.join(GUEST, 'initrd.img')
-    serial = os.path.join(wd, name + '.serial')
+    """The test guest as a libvirt domain (lvhost.domain_xml) with a NIC
+    on each node's br0, serving a TCP stream on port 7000; returns the
+    XML file and the serial log."""
+    nic = ("<interface type='bridge'><mac address='%s'/>"
+           "<source bridge='br0'/><model type='virtio'/>"
+           "<driver name='qemu'/></interface>" % GUEST_MAC)
     path = os.path.join(wd, name + '.xml')
     with open(path, 'w') as f:
-        f.write("""<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>{mem}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <initrd>{initrd}</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet mc.ip={ip}/24 mc.tcpserv=7000,20</cmdline>
-  </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>{qemu}</emulator>
-    <serial type='file'><source path='{serial}' append='on'/></serial>
-    <interface type='bridge'>
-      <mac address='{mac}'/>
-      <source bridge='br0'/>
-      <model type='virtio'/>
-      <driver name='qemu'/>
-    </interface>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-""".format(name=name, mem=mem_mib, kernel=kernel, initrd=initrd,
-           qemu=QEMU, serial=serial, ip=GUEST_IP, mac=GUEST_MAC))
-    return path, serial
+        f.write(domain_xml(name, wd, mem_mib, extra_devices=nic,
+                           append='mc.ip=%s/24 mc.tcpserv=7000,20' %
+                           GUEST_IP))
+    return path, os.path.join(wd, name + '.serial')

@@ -16,6 +16,7 @@ import time
 from mccluster import (CLIENT_NS, GUEST_IP, Cluster, guest_xml, wait_for)
 from mcnet import Client, problems
 from mcvm import workdir
+from test_libvirt import wait_guest_server
 
 RSC = 'mcvm'
 
@@ -76,13 +77,7 @@ def running_nodes(c):
 
 
 def start_client(c, wd, serial):
-    def listening():
-        try:
-            with open(serial, errors='replace') as f:
-                return 'mc-tcpserv: listening' in f.read()
-        except FileNotFoundError:
-            return False
-    wait_for(listening, 120, 'the guest server')
+    wait_guest_server(serial)
     client = Client(c, CLIENT_NS, os.path.join(wd, 'client'), GUEST_IP,
                     7000, 10)
     client.wait(lambda evs: client.count() >= 20)
@@ -136,6 +131,12 @@ def protect(c, wd):
     return p, s, t_prot, client
 
 
+def wait_running(c, name, t0, what):
+    """Wait until the domain runs on node @name; seconds since @t0."""
+    wait_for(lambda: c[name].domstate().startswith('running'), 120, what)
+    return time.time() - t0
+
+
 def fenced_after(c, name, t0):
     f = [t for t, n, _ in c.fenced if n == name and t >= t0]
     return f[0] - t0 if f else None
@@ -146,9 +147,8 @@ def primary_node_killed(wd, c):
     n_kill = client.last_srv()
     t0 = time.time()
     c[p].kill()
-    wait_for(lambda: c[s].domstate().startswith('running'), 120,
-             'the standby on %s to be promoted' % s)
-    t_promoted = time.time() - t0
+    t_promoted = wait_running(c, s, t0,
+                              'the standby on %s to be promoted' % s)
     third = next(n.name for n in c.nodes if n.name not in (p, s))
     p2, s2 = wait_protected(c, exclude=(p,))
     t_reprot = time.time() - t0
@@ -189,9 +189,8 @@ def primary_node_isolated(wd, c):
     n_cut = client.last_srv()
     t0 = time.time()
     c[p].cut()
-    wait_for(lambda: c[s].domstate().startswith('running'), 120,
-             'the standby on %s to be promoted' % s)
-    t_promoted = time.time() - t0
+    t_promoted = wait_running(c, s, t0,
+                              'the standby on %s to be promoted' % s)
     p2, s2 = wait_protected(c, exclude=(p,))
     t_reprot = time.time() - t0
     check_client(client, n_cut)
@@ -216,9 +215,7 @@ def planned_move(wd, c):
     t0 = time.time()
     c.any_node().run('crm_resource', '--move', '--promoted', '--resource',
                      RSC + '-clone', '--node', s)
-    wait_for(lambda: c[s].domstate().startswith('running'), 120,
-             'the domain to run on %s' % s)
-    t_moved = time.time() - t0
+    t_moved = wait_running(c, s, t0, 'the domain to run on %s' % s)
     p2, s2 = wait_protected(c)
     t_reprot = time.time() - t0
     c.any_node().run('crm_resource', '--clear', '--resource', RSC + '-clone')

@@ -19,6 +19,17 @@ def last_tick(path):
     return int(ticks[-1]) if ticks else 0
 
 
+def wait_guest_server(serial, timeout=120):
+    """The guest's TCP server (mc.tcpserv) says it listens."""
+    def listening():
+        try:
+            with open(serial, errors='replace') as f:
+                return 'mc-tcpserv: listening' in f.read()
+        except FileNotFoundError:
+            return False
+    wait_for(listening, timeout, 'the guest server')
+
+
 def wait_for(cond, timeout, what):
     deadline = time.time() + timeout
     while not cond():
@@ -382,14 +393,7 @@ def test_libvirt_mc_client_survives_failover():
             a.virsh('create', xml)
             net.plug(a, 'mclg0', 'mclga')
             serial = os.path.join(wd, 'mcg.serial')
-
-            def listening():
-                try:
-                    with open(serial, errors='replace') as f:
-                        return 'mc-tcpserv: listening' in f.read()
-                except FileNotFoundError:
-                    return False
-            wait_for(listening, 120, 'the guest server')
+            wait_guest_server(serial)
             client = Client(net, net.ns, os.path.join(wd, 'client'),
                             GUEST_IP, 7000, 10)
             client.wait(lambda evs: client.count() >= 20)
