@@ -30,6 +30,7 @@
 #include "net/filter.h"
 #include "net/filter-mc.h"
 #include "system/runstate.h"
+#include "system/runstate-action.h"
 #include "trace.h"
 
 OBJECT_DECLARE_SIMPLE_TYPE(MCNetFilter, FILTER_MC)
@@ -77,6 +78,13 @@ static struct {
     bool release_blocked;       /* release waits for the VM to run */
     uint64_t epoch;             /* what the guest sends now belongs to */
     uint64_t acked;             /* atomic: last acknowledged checkpoint */
+    /*
+     * QEMU quits while MC holds: output commit holds on to the end, so
+     * nothing the guest sent after the last acknowledged checkpoint goes
+     * out (the standby may resume from that checkpoint).
+     */
+    bool quitting;
+    Notifier shutdown;
     unsigned auto_count;
     QEMUBH *bh;
     QEMUTimer *retry;
@@ -195,6 +203,31 @@ static bool mc_net_release(MCNetFilter *s, uint64_t upto, bool force)
     return done;
 }
 
+/* Drop what @s still holds; returns how many packets. */
+static uint64_t mc_net_drop(MCNetFilter *s)
+{
+    NetClientState *sender = NETFILTER(s)->netdev ?
+                             NETFILTER(s)->netdev->peer : NULL;
+    QSIMPLEQ_HEAD(, MCNetPacket) gone = QSIMPLEQ_HEAD_INITIALIZER(gone);
+    uint64_t n = 0;
+    MCNetPacket *p;
+
+    /* detached first: a completion below may make the NIC send again */
+    QSIMPLEQ_CONCAT(&gone, &s->packets);
+    s->held_packets = 0;
+    s->held_bytes = 0;
+    while ((p = QSIMPLEQ_FIRST(&gone))) {
+        QSIMPLEQ_REMOVE_HEAD(&gone, next);
+        /* the guest may run on here (migrate_cancel): no NIC may wait */
+        if (p->sent_cb && sender) {
+            p->sent_cb(sender, p->size);
+        }
+        g_free(p);
+        n++;
+    }
+    return n;
+}
+
 static void mc_net_release_all(void)
 {
     uint64_t upto = mc_net.holding ? qatomic_read(&mc_net.acked) : UINT64_MAX;
@@ -235,6 +268,22 @@ static void mc_net_release_bh(void *opaque)
 static void mc_net_retry_cb(void *opaque)
 {
     mc_net_release_all();
+}
+
+/*
+ * QEMU quits (quit, SIGTERM: virsh destroy, a cluster stopping this
+ * side) while MC holds the output.  MC ends on the way out, but the
+ * guest runs until QEMU stops it, and the standby may be resuming from
+ * the last acknowledged checkpoint (it was lost, or STOP does not reach
+ * it): from now on nothing is released beyond that checkpoint.
+ */
+static void mc_net_shutdown(Notifier *n, void *opaque)
+{
+    if (shutdown_action == SHUTDOWN_ACTION_PAUSE || !mc_net.holding) {
+        return;     /* QEMU stays (a guest's poweroff), or nothing held */
+    }
+    mc_net.quitting = true;
+    trace_mc_net_quitting(qatomic_read(&mc_net.acked));
 }
 
 static void mc_net_vm_state(void *opaque, bool running, RunState state)
@@ -336,7 +385,10 @@ static void filter_mc_cleanup(NetFilterState *nf)
 {
     MCNetFilter *s = FILTER_MC(nf);
 
-    mc_net_release(s, UINT64_MAX, true);
+    /* only what an acknowledged checkpoint covers may go */
+    mc_net_release(s, mc_net.holding ? qatomic_read(&mc_net.acked) :
+                   UINT64_MAX, true);
+    mc_net_drop(s);
     if (s->listed) {
         QTAILQ_REMOVE(&mc_net_filters, s, link);
         s->listed = false;
@@ -424,6 +476,8 @@ bool mc_net_start(bool auto_attach, Error **errp)
                                     NULL);
         mc_net.vmsc = qemu_add_vm_change_state_handler(mc_net_vm_state,
                                                        NULL);
+        mc_net.shutdown.notify = mc_net_shutdown;
+        qemu_register_shutdown_notifier(&mc_net.shutdown);
     }
 
     QTAILQ_FOREACH(nc, &net_clients, next) {
@@ -529,22 +583,6 @@ void mc_net_commit(uint64_t epoch)
     qemu_bh_schedule(mc_net.bh);
 }
 
-/* Drop what @s still holds; returns how many packets. */
-static uint64_t mc_net_drop(MCNetFilter *s)
-{
-    uint64_t n = 0;
-    MCNetPacket *p;
-
-    while ((p = QSIMPLEQ_FIRST(&s->packets))) {
-        QSIMPLEQ_REMOVE_HEAD(&s->packets, next);
-        s->held_packets--;
-        s->held_bytes -= p->size;
-        g_free(p);
-        n++;
-    }
-    return n;
-}
-
 void mc_net_switchover(uint64_t epoch)
 {
     uint64_t dropped = 0;
@@ -565,7 +603,7 @@ void mc_net_switchover(uint64_t epoch)
 
 void mc_net_stop(void)
 {
-    if (!mc_net.holding) {
+    if (!mc_net.holding || mc_net.quitting) {
         return;
     }
     trace_mc_net_stop(qatomic_read(&mc_net.acked));

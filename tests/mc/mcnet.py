@@ -58,6 +58,35 @@ def tbf(ns, dev, rate):
        'tbf', 'rate', rate, 'burst', str(burst), 'latency', '20ms')
 
 
+class Cut:
+    """Blackhole routes between the two ends of the migration link."""
+
+    def __init__(self, topo):
+        self.topo = topo
+        self.on = False
+
+    def __enter__(self):
+        return self
+
+    def cut(self):
+        sh('ip', '-n', self.topo.hv, 'route', 'add', 'blackhole',
+           LINK_SB_IP + '/32')
+        sh('ip', '-n', self.topo.sb, 'route', 'add', 'blackhole',
+           LINK_HV_IP + '/32')
+        self.on = True
+
+    def heal(self):
+        if self.on:
+            sh('ip', '-n', self.topo.hv, 'route', 'del', 'blackhole',
+               LINK_SB_IP + '/32', check=False)
+            sh('ip', '-n', self.topo.sb, 'route', 'del', 'blackhole',
+               LINK_HV_IP + '/32', check=False)
+            self.on = False
+
+    def __exit__(self, *exc):
+        self.heal()
+
+
 class Topology:
     def __init__(self, link=None):
         if os.geteuid() != 0:

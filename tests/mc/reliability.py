@@ -79,7 +79,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mcdisk import (Disk, DiskClient, DiskPair, client_problems, fsck,  # noqa
                     make_empty_image, make_fs_image, need_tools)
-from mcnet import (LINK_HV_IP, LINK_SB_IP, Pair, Topology, problems,  # noqa
+from mcnet import (Cut, Pair, Topology, problems,  # noqa
                    sh)
 from mcvm import DIRTY_LINE, MISMATCH, Skip, wait_for, workdir  # noqa
 
@@ -283,35 +283,6 @@ def standby_kill(run, rng, wd):
         run.check(not others, 'more events: %s' % others)
         memory_check(run, pair.primary, serial0, 'primary')
         oops_check(run, pair.primary, 'primary')
-
-
-class Cut:
-    """Blackhole routes between the two ends of the migration link."""
-
-    def __init__(self, topo):
-        self.topo = topo
-        self.on = False
-
-    def __enter__(self):
-        return self
-
-    def cut(self):
-        sh('ip', '-n', self.topo.hv, 'route', 'add', 'blackhole',
-           LINK_SB_IP + '/32')
-        sh('ip', '-n', self.topo.sb, 'route', 'add', 'blackhole',
-           LINK_HV_IP + '/32')
-        self.on = True
-
-    def heal(self):
-        if self.on:
-            sh('ip', '-n', self.topo.hv, 'route', 'del', 'blackhole',
-               LINK_SB_IP + '/32', check=False)
-            sh('ip', '-n', self.topo.sb, 'route', 'del', 'blackhole',
-               LINK_HV_IP + '/32', check=False)
-            self.on = False
-
-    def __exit__(self, *exc):
-        self.heal()
 
 
 class Sampler:

@@ -45,7 +45,7 @@ import time
 
 from mcdisk import (Disk, DiskClient, DiskPair, make_empty_image,
                     make_fs_image, need_tools)
-from mcnet import CLIENT_IP, EventLog, Topology, Pair
+from mcnet import CLIENT_IP, Cut, EventLog, Topology, Pair
 from mcvm import workdir
 
 PORT = 7100
@@ -233,3 +233,69 @@ def test_udp_has_teeth():
     print('without output commit: %d datagrams, %d gaps, %d repeats %s' % (
         len(seqs), len(gaps), len(repeats), repeats[:5]))
     assert repeats, 'the failover went unnoticed without output commit'
+
+
+def lost_run(name, end):
+    """Manual policy, the migration link cut while datagrams flow: the
+    primary reports MC_PEER_LOST and holds what the guest sends.  Then
+    @end(pair) ends MC on the primary other than by mc-failover.
+    Returns (packets held at the loss, the last number received before
+    @end, the numbers received after it, in 1.5 s)."""
+    wd = workdir(name)
+    topo = Topology(link='1gbit')
+    pair = rx = None
+    try:
+        rx = Receiver(topo, os.path.join(wd, 'udp.log'))
+        pair = Pair(topo, wd, delay=20, policy='manual', hb_timeout=1000,
+                    app='mc.udpseq=%s,%d,%d' % (CLIENT_IP, PORT,
+                                                INTERVAL_US))
+        pair.start_mc()
+        rx.wait(lambda s: len(s) >= 300)
+        with Cut(topo) as cut:
+            cut.cut()
+            pair.primary.qmp.wait_event('MC_PEER_LOST', timeout=30)
+            # what was released before the loss has arrived
+            time.sleep(0.5)
+            held = pair.mc()['net-held-packets']
+            n_end = max(rx.seqs())
+            end(pair)
+            time.sleep(1.5)
+            after = [n for n in rx.seqs() if n > n_end]
+        return held, n_end, after
+    finally:
+        if rx:
+            rx.stop()
+        if pair:
+            pair.close()
+        topo.close()
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def test_udp_lost_primary_quits_silently():
+    """Manual policy, standby lost: management stops the primary (SIGTERM,
+    as virsh destroy does; a cluster node that lost its quorum stops its
+    resources so) instead of giving mc-failover.  The standby may be
+    resuming from the last acknowledged checkpoint, so not one datagram
+    the primary held may reach the receiver, not even while QEMU quits
+    with its guest still running."""
+    held, n_end, after = lost_run(
+        'udpquit', lambda pair: pair.primary.kill(signal.SIGTERM))
+    print('held at the loss %d datagrams, last received %d; after '
+          'SIGTERM: %d received %s' % (held, n_end, len(after), after[:5]))
+    assert held > 100, 'the primary held too little to tell: %d' % held
+    assert not after, 'the quitting primary let out %d datagrams' % \
+        len(after)
+
+
+def test_udp_lost_primary_cancel_runs_on():
+    """The same loss, then migrate_cancel on the primary: management
+    ends MC and the guest runs on there, unprotected; what it held goes
+    out (as with mc-failover) and its NIC keeps sending."""
+    def cancel(pair):
+        pair.primary.qmp.cmd('migrate_cancel')
+
+    held, n_end, after = lost_run('udpcancel', cancel)
+    print('held at the loss %d datagrams, last received %d; after '
+          'migrate_cancel: %d received' % (held, n_end, len(after)))
+    assert held > 100, 'the primary held too little to tell: %d' % held
+    assert len(after) > held, (held, len(after))
