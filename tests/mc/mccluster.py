@@ -189,9 +189,8 @@ class Node:
 
     def run(self, *argv, check=True, timeout=120):
         """@argv inside the node (all its namespaces)."""
-        r = subprocess.run(['nsenter', '-t', str(self.pid1()), '-a'] +
-                           list(argv), capture_output=True, text=True,
-                           timeout=timeout)
+        r = run_bounded(['nsenter', '-t', str(self.pid1()), '-a'] +
+                        list(argv), timeout)
         if check and r.returncode:
             raise RuntimeError('%s on %s: %s%s' % (' '.join(argv), self.name,
                                                    r.stdout, r.stderr))
@@ -240,6 +239,24 @@ class Node:
                                  'fence' in line.lower())
             out += '--- %s %s\n%s\n' % (self.name, p, text[-6000:])
         return out
+
+
+def run_bounded(argv, timeout):
+    """subprocess.run(@argv) with its output, in a session of its own:
+    on a timeout the whole session is killed.  nsenter forks into the
+    node's PID namespace, and killing nsenter alone would leave the
+    command holding the pipes (subprocess.run would wait on them for
+    ever)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 class Cluster:

@@ -10,12 +10,14 @@ scenario MC_CLUSTER_RUNS times (10).
 import contextlib
 import os
 import shutil
+import subprocess
 import threading
 import time
 
-from mccluster import (CLIENT_NS, GUEST_IP, Cluster, guest_xml, wait_for)
+from mccluster import (AGENT, CLIENT_NS, GUEST_IP, Cluster, guest_xml,
+                       wait_for)
 from mcnet import Client, problems
-from mcvm import workdir
+from mcvm import Skip, workdir
 from test_libvirt import wait_guest_server
 
 RSC = 'mcvm'
@@ -245,7 +247,20 @@ def libvirtd_restart(wd, c):
         wait_for(lambda: node.virsh('uri', check=False).returncode == 0, 60,
                  'libvirtd back on ' + name)
     time.sleep(10)
-    acked0 = c[p].virsh('domjobinfo', 'mcg').stdout
+
+    def jobinfo():
+        try:
+            r = c[p].virsh('domjobinfo', 'mcg', check=False, timeout=20)
+        except subprocess.TimeoutExpired:
+            return None
+        return r.stdout if 'Checkpoints acked' in r.stdout else None
+    try:
+        acked0 = wait_for(jobinfo, 90, 'domjobinfo on %s after the '
+                          'restarts to show MC' % p, 2)
+    except AssertionError as e:
+        raise AssertionError('%s; pacemaker says:\n%s' % (
+            e, c.any_node().run('crm_mon', '-1', check=False,
+                                timeout=20).stdout)) from None
     check_client(client, n0)
     failures = c.any_node().run('crm_mon', '-1', '--include=failures',
                                 check=False).stdout
@@ -319,3 +334,62 @@ def test_cluster_agent_ocf_tester():
         assert r.returncode == 0 and 'passed all tests' in r.stdout, \
             r.returncode
         assert c['n1'].domstate() == '', 'the domain was left behind'
+
+
+STUB_VIRSH = r'''#!/bin/sh
+# libvirtd as the agent meets it: $MC_STUB_FIRST to the first domstate
+# (a daemon not up yet, or no such domain), then the pair's standby
+case "$*" in
+*domstate*)
+    if [ ! -e "$MC_STUB_DIR/asked" ]; then
+        : > "$MC_STUB_DIR/asked"
+        echo "$MC_STUB_FIRST" >&2
+        exit 1
+    fi
+    echo "paused (mc standby)" ;;
+*" uri"*) echo qemu:///system ;;
+*) exit 1 ;;
+esac
+'''
+
+
+def agent_monitor(wd, first):
+    """The agent's monitor on this host, without a cluster, against a
+    libvirtd (virsh) that says @first to the first question; its exit
+    code."""
+    stub = os.path.join(wd, 'bin')
+    os.makedirs(stub, exist_ok=True)
+    with open(os.path.join(stub, 'virsh'), 'w') as f:
+        f.write(STUB_VIRSH)
+    os.chmod(os.path.join(stub, 'virsh'), 0o755)
+    if os.path.exists(os.path.join(wd, 'asked')):
+        os.unlink(os.path.join(wd, 'asked'))
+    xml, _ = guest_xml(wd)
+    env = dict(os.environ, PATH=stub + ':' + os.environ['PATH'],
+               OCF_ROOT='/usr/lib/ocf', OCF_RESOURCE_INSTANCE='mcvm:0',
+               OCF_RESKEY_config=xml, HA_RSCTMP=os.path.join(wd, 'rsc'),
+               OCF_RESKEY_CRM_meta_interval='4000',
+               MC_STUB_DIR=wd, MC_STUB_FIRST=first)
+    return subprocess.run(['bash', AGENT, 'monitor'], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cluster_agent_libvirtd_coming_back():
+    """A monitor that meets libvirtd restarting (it cannot connect, then
+    the daemon answers) reports what the daemon then says (the standby,
+    0), never "not running" (7), which would make Pacemaker destroy the
+    standby and protect the domain anew.  A domain libvirtd does not
+    know is not running."""
+    if not os.path.exists('/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs'):
+        raise Skip('resource-agents is not installed '
+                   '(scripts/setup-host.sh)')
+    wd = workdir('agent-monitor')
+    try:
+        r = agent_monitor(wd, 'error: failed to connect to the hypervisor')
+        print('libvirtd coming back: rc %d %s' % (r.returncode, r.stderr))
+        assert r.returncode == 0, r.returncode
+        r = agent_monitor(wd, "error: failed to get domain 'mcg'")
+        print('no such domain: rc %d' % r.returncode)
+        assert r.returncode == 7, r.returncode
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)
