@@ -14,6 +14,8 @@
 #   make lab-bench  MC's pause under KVM against stop+cont, in the lab
 #   make lab-bench-rdma  MC over RDMA (soft-RoCE) against TCP, in the lab
 #   make bench-switchover  mc-switchover's downtime against a migration's
+#   make bench-migration-modes  a guest precopy cannot move: precopy,
+#                auto-converge, postcopy, MC + mc-switchover
 #   make check-cluster  every Pacemaker scenario 10 times (docs/bench/cluster.md)
 #   make debs    build, then Debian packages in build/debs (qemu-mc-*)
 #   make libvirt fetch + patch libvirt 9.0 and build it (build/libvirt)
@@ -87,7 +89,7 @@ NINJA_TARGETS := qemu-system-x86_64 qemu-img tests/qtest/migration-test \
 	tests/qtest/mc-test
 
 .PHONY: all setup base configure build build-asan check-asan guest check test check-disk-long demo bench debs \
-	check-reliability build-fuzz check-fuzz lab check-lab lab-bench lab-bench-rdma bench-switchover check-cluster \
+	check-reliability build-fuzz check-fuzz lab check-lab lab-bench lab-bench-rdma bench-switchover bench-migration-modes check-cluster \
 	libvirt libvirt-debs \
 	clean distclean
 
@@ -206,6 +208,14 @@ lab-bench-rdma: setup
 bench-switchover: setup
 	@$(MAKE) --no-print-directory build guest
 	@/usr/bin/python3 bench/switchbench.py
+
+# Checkpoint-mode migration: a guest that dirties memory faster than
+# the link, moved by precopy, auto-converge, postcopy and MC +
+# mc-switchover: docs/bench/migration-modes.md, part of
+# docs/benchmarks.md.
+bench-migration-modes: setup
+	@$(MAKE) --no-print-directory build guest
+	@/usr/bin/python3 bench/cpmbench.py
 
 # Debian 12 packages of the fork, installable beside Debian's QEMU.
 debs: setup

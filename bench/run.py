@@ -792,10 +792,11 @@ def report(rows, run):
         f.write(linkbench.section(rows['link'], rows['link_net']))
         # the KVM lab's figures (make lab-bench, lab-bench-rdma), those
         # of the output trigger (bench/triggerbench.py --all) and of the
-        # switchover (bench/switchbench.py) and of the cluster (make
-        # check-cluster), kept as they were written
+        # switchover (bench/switchbench.py), of checkpoint-mode migration
+        # (bench/cpmbench.py) and of the cluster (make check-cluster),
+        # kept as they were written
         for name in ('output-trigger.md', 'kvm-lab.md', 'rdma-lab.md',
-                     'switchover.md', 'cluster.md'):
+                     'switchover.md', 'migration-modes.md', 'cluster.md'):
             lab = os.path.join(TOP, 'docs', 'bench', name)
             if os.path.exists(lab):
                 with open(lab) as lf:
