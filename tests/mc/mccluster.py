@@ -233,11 +233,18 @@ class Node:
                     text = f.read()
             except FileNotFoundError:
                 continue
+            keep = 6000
             if p.endswith('pacemaker.log'):
+                # the agent's own lines and the results of its actions:
+                # what a failed run needs first (the CIB's are many)
                 text = '\n'.join(line for line in text.splitlines()
-                                 if 'mc-domain' in line or 'mcvm' in line or
-                                 'fence' in line.lower())
-            out += '--- %s %s\n%s\n' % (self.name, p, text[-6000:])
+                                 if 'mc-domain(' in line or
+                                 'Result of' in line or
+                                 'Unexpected result' in line or
+                                 'fence' in line.lower() and
+                                 'Leave' not in line)
+                keep = 15000
+            out += '--- %s %s\n%s\n' % (self.name, p, text[-keep:])
         return out
 
 
