@@ -251,9 +251,8 @@ class Node:
 def run_bounded(argv, timeout):
     """subprocess.run(@argv) with its output, in a session of its own:
     on a timeout the whole session is killed.  nsenter forks into the
-    node's PID namespace, and killing nsenter alone would leave the
-    command holding the pipes (subprocess.run would wait on them for
-    ever)."""
+    node's PID namespace, and killing nsenter alone (as subprocess.run
+    does) would leave the command running in the node."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
