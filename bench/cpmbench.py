@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.abspath(os.path.join(HERE, '..'))
 sys.path.insert(0, os.path.join(TOP, 'tests', 'mc'))
 from mcnet import Pair, Topology  # noqa: E402
-from mcvm import QMPError, workdir  # noqa: E402
+from mcvm import QMPError, wait_migration, workdir  # noqa: E402
 
 LINK = '100mbit'
 WSS_MIB = 24
@@ -54,13 +54,6 @@ NAMES = {'precopy': 'precopy (given up after %d s)' % LIMIT_S,
          'mc': 'MC + mc-switchover'}
 OUT = os.path.join(TOP, 'docs', 'bench', 'migration-modes.md')
 REPORT = re.compile(r'mc-dirty: t=\d+ pages=(\d+) rate=\d+')
-
-
-def pages(vm):
-    """The last cumulative page count the guest reported on @vm, or
-    None."""
-    found = REPORT.findall(vm.serial())
-    return int(found[-1]) if found else None
 
 
 def next_report(vm, timeout=30):
@@ -80,17 +73,14 @@ def status(vm):
 
 
 def wait_status(vm, want, timeout, bad=('failed', 'cancelled')):
-    """Poll @vm's migration every 5 ms until @want: True; False after
-    @timeout seconds."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = status(vm).get('status')
-        if st == want:
-            return True
-        if st in bad:
-            raise AssertionError('migration went %s' % st)
-        time.sleep(0.005)
-    return False
+    """mcvm.wait_migration polling every 5 ms: True once @want, False
+    after @timeout seconds."""
+    try:
+        wait_migration(vm.qmp, want, timeout=timeout, bad=bad,
+                       interval=0.005)
+    except TimeoutError:
+        return False
+    return True
 
 
 def one(mode):
@@ -103,8 +93,7 @@ def one(mode):
                     app='mc.dirty=%d,%d,steady' % (WSS_MIB, DIRTY_PPS))
         src, dst = pair.primary, pair.standby
         p0, t0 = next_report(src)
-        p1, t1 = next_report(src)
-        for _ in range(2):
+        for _ in range(3):
             p1, t1 = next_report(src)
         base = (p1 - p0) / (t1 - t0)
         if mode == 'auto-converge':

@@ -218,7 +218,7 @@ static uint64_t mc_net_drop(MCNetFilter *s)
     s->held_bytes = 0;
     while ((p = QSIMPLEQ_FIRST(&gone))) {
         QSIMPLEQ_REMOVE_HEAD(&gone, next);
-        /* the guest may run on here (migrate_cancel): no NIC may wait */
+        /* the guest may run on (a filter deleted while MC holds) */
         if (p->sent_cb && sender) {
             p->sent_cb(sender, p->size);
         }
