@@ -3,7 +3,8 @@
 #   qemu-mc-system-x86  the emulator, /usr/bin/qemu-mc-system-x86_64
 #   qemu-mc-utils       qemu-img, /usr/bin/qemu-mc-img
 #   qemu-mc-cluster     the Pacemaker resource agent ocf:qemu-mc:mc-domain
-#                       (cluster/ocf/mc-domain), architecture all
+#                       (cluster/ocf/mc-domain) and its alert agent
+#                       (cluster/alerts), architecture all
 # They install beside Debian's qemu-system-x86 and qemu-utils (no shared
 # file, no diversion): the programs live in /usr/lib/qemu-mc/bin and the
 # commands in /usr/bin carry the qemu-mc- prefix.  No data file is needed
@@ -142,9 +143,12 @@ build_pkg qemu-mc-utils \
 agent_pkg() {
     local pkg=qemu-mc-cluster root size
     root=$stage/$pkg
-    mkdir -p "$root/DEBIAN" "$root/usr/lib/ocf/resource.d/qemu-mc"
+    mkdir -p "$root/DEBIAN" "$root/usr/lib/ocf/resource.d/qemu-mc" \
+        "$root/usr/share/qemu-mc/alerts"
     install -m 0755 "$top/cluster/ocf/mc-domain" \
         "$root/usr/lib/ocf/resource.d/qemu-mc/mc-domain"
+    install -m 0755 "$top/cluster/alerts/mc-protection-alert" \
+        "$root/usr/share/qemu-mc/alerts/mc-protection-alert"
     docs "$pkg" "$root"
     size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
     cat > "$root/DEBIAN/control" <<EOF

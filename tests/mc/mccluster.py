@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from mcvm import GUEST, Skip
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 AGENT = os.path.join(REPO, 'cluster', 'ocf', 'mc-domain')
+ALERT = os.path.join(REPO, 'cluster', 'alerts', 'mc-protection-alert')
 FENCE = os.path.join(HERE, 'fence_mc_test')
 NODE_SH = os.path.join(HERE, 'cluster-node.sh')
 
@@ -287,6 +289,9 @@ class Cluster:
         self.wd, self.names = wd, names
         self.fence_dir = os.path.join(wd, 'fence')
         os.makedirs(self.fence_dir, exist_ok=True)
+        # alert agents run as hacluster, which cannot enter @wd
+        self.alert_dir = tempfile.mkdtemp(prefix='mc-cluster-alerts-')
+        os.chmod(self.alert_dir, 0o1777)
         self.fenced = []            # (time, node, action)
         self.nodes = []
         self._stop = threading.Event()
@@ -397,6 +402,7 @@ class Cluster:
 
     def close(self):
         self._stop.set()
+        shutil.rmtree(self.alert_dir, ignore_errors=True)
         for node in self.nodes:
             node.kill()
         sh('ip', 'netns', 'del', CLIENT_NS, check=False)

@@ -9,12 +9,13 @@ scenario MC_CLUSTER_RUNS times (10).
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import threading
 import time
 
-from mccluster import (AGENT, CLIENT_NS, GUEST_IP, Cluster, guest_xml,
+from mccluster import (AGENT, ALERT, CLIENT_NS, GUEST_IP, Cluster, guest_xml,
                        wait_for)
 from mcnet import Client, problems
 from mcvm import Skip, workdir
@@ -72,6 +73,15 @@ def wait_protected(c, timeout=240, exclude=()):
         p, s = roles(c)
         return (p, s) if p and s and s not in exclude else None
     return wait_for(both, timeout, 'the domain protected', 0.5)
+
+
+def protected_attr(node):
+    """The agent's node attribute on @node (asked there): '1' the
+    domain runs protected, '0' it runs unprotected, None never set."""
+    r = node.run('attrd_updater', '-Q', '-n', 'mc-protected-' + RSC,
+                 '-N', node.name, check=False, timeout=30)
+    m = re.search(r'value="([^"]*)"', r.stdout)
+    return m.group(1) if m else None
 
 
 def running_nodes(c):
@@ -144,16 +154,51 @@ def fenced_after(c, name, t0):
     return f[0] - t0 if f else None
 
 
+def alert_lines(path):
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
 def primary_node_killed(wd, c):
+    # the alert agent, as an operator sets it up; Pacemaker runs it as
+    # hacluster: a file it may write
+    alerts = os.path.join(c.alert_dir, 'protection.log')
+    c.configure('alert mc-protection %s select attributes { mc-protected-%s '
+                '} to %s\n' % (ALERT, RSC, alerts))
     p, s, t_prot, client = protect(c, wd)
+    wait_for(lambda: protected_attr(c[p]) == '1', 30,
+             'mc-protected 1 on the primary\'s node')
     n_kill = client.last_srv()
     t0 = time.time()
     c[p].kill()
     t_promoted = wait_running(c, s, t0,
                               'the standby on %s to be promoted' % s)
     third = next(n.name for n in c.nodes if n.name not in (p, s))
-    p2, s2 = wait_protected(c, exclude=(p,))
+    # the operator's signal: unprotected after the takeover, then 1
+    seen = []
+
+    def reprotected():
+        seen.append(protected_attr(c[s]))
+        p2, s2 = roles(c)
+        return (p2, s2) if p2 and s2 and s2 != p else None
+    p2, s2 = wait_for(reprotected, 240, 'the domain protected again', 0.3)
     t_reprot = time.time() - t0
+    wait_for(lambda: protected_attr(c[s]) == '1', 30,
+             'mc-protected 1 on the new primary\'s node')
+    print('mc-protected on %s between the takeover and the new standby: '
+          '%s' % (s, sorted(set(map(str, seen)))))
+    assert '0' in seen, 'mc-protected never said unprotected: %s' % seen
+    # the alert said it, in order, for the node that took over
+    wait_for(lambda: [l for l in alert_lines(alerts)
+                      if '%s on %s protected' % (RSC, s) in l], 30,
+             'the alert saying %s is protected again' % s)
+    said = [l for l in alert_lines(alerts) if ' %s on %s ' % (RSC, s) in l]
+    print('alerts about %s:\n  %s' % (s, '\n  '.join(said)))
+    unprot = [i for i, l in enumerate(said) if 'UNPROTECTED' in l]
+    assert unprot and any('protected:' in l for l in said[unprot[0]:]), said
     check_client(client, n_kill)
     fig = {'protected s': t_prot, 'fenced s': fenced_after(c, p, t0),
            'promoted s': t_promoted, 'protected again s': t_reprot}
@@ -349,6 +394,7 @@ case "$*" in
     fi
     echo "${MC_STUB_STATE:-paused (mc standby)}" ;;
 *domjobinfo*)
+    [ "$MC_STUB_JOB" = fail ] && exit 1
     printf 'Job type:         Unbounded\nOperation:        %s\n' \
         "$MC_STUB_JOB" ;;
 *" uri"*) echo qemu:///system ;;
@@ -357,11 +403,12 @@ esac
 '''
 
 
-def agent_monitor(wd, first, state='', job=''):
+def agent_monitor(wd, first, state='', job='', promoted=False):
     """The agent's monitor on this host, without a cluster, against a
     libvirtd (virsh) that says @first to the first question, then that
-    the domain is in @state (default the standby's), its job @job; the
-    agent's run."""
+    the domain is in @state (default the standby's), its job @job
+    ('fail': domjobinfo fails); @promoted: this node promoted the
+    instance before.  The agent's run."""
     stub = os.path.join(wd, 'bin')
     os.makedirs(stub, exist_ok=True)
     with open(os.path.join(stub, 'virsh'), 'w') as f:
@@ -369,10 +416,17 @@ def agent_monitor(wd, first, state='', job=''):
     os.chmod(os.path.join(stub, 'virsh'), 0o755)
     if os.path.exists(os.path.join(wd, 'asked')):
         os.unlink(os.path.join(wd, 'asked'))
+    rsc = os.path.join(wd, 'rsc')
+    os.makedirs(rsc, exist_ok=True)
+    mark = os.path.join(rsc, 'mc-domain-mcvm.promoted')
+    if promoted:
+        open(mark, 'w').close()
+    elif os.path.exists(mark):
+        os.unlink(mark)
     xml, _ = guest_xml(wd)
     env = dict(os.environ, PATH=stub + ':' + os.environ['PATH'],
                OCF_ROOT='/usr/lib/ocf', OCF_RESOURCE_INSTANCE='mcvm:0',
-               OCF_RESKEY_config=xml, HA_RSCTMP=os.path.join(wd, 'rsc'),
+               OCF_RESKEY_config=xml, HA_RSCTMP=rsc,
                OCF_RESKEY_CRM_meta_interval='4000',
                MC_STUB_DIR=wd, MC_STUB_FIRST=first, MC_STUB_STATE=state,
                MC_STUB_JOB=job)
@@ -419,6 +473,24 @@ def test_cluster_agent_primary_paused_by_migration():
         assert r.returncode == 8, r.returncode
         r = agent_monitor(wd, '', 'paused (migration)', 'Incoming migration')
         print('paused, incoming: rc %d' % r.returncode)
+        assert r.returncode == 0, r.returncode
+        # libvirt's job does not say (domjobinfo failed, or between two
+        # phases): the node that promoted the instance still holds the
+        # primary (one of ten standby-node-killed runs after the fix
+        # above: demoted, mc-switchover to a standby with no checkpoint)
+        for job in ('fail', ''):
+            r = agent_monitor(wd, '', 'paused (migration)', job,
+                              promoted=True)
+            print('paused, job %r, promoted here: rc %d' % (job,
+                                                            r.returncode))
+            assert r.returncode == 8, r.returncode
+            r = agent_monitor(wd, '', 'paused (migration)', job)
+            print('paused, job %r, never promoted here: rc %d' % (
+                job, r.returncode))
+            assert r.returncode == 0, r.returncode
+        r = agent_monitor(wd, '', 'paused (migration)', 'Incoming migration',
+                          promoted=True)
+        print('paused, incoming, promoted here once: rc %d' % r.returncode)
         assert r.returncode == 0, r.returncode
     finally:
         shutil.rmtree(wd, ignore_errors=True)

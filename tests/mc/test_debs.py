@@ -22,6 +22,7 @@ from mcvm import (BUILD, TOP, VM, Skip, guest_args, free_port,
 OBJ = os.path.join(BUILD, 'qemu')
 PKGS = ('qemu-mc-system-x86', 'qemu-mc-utils', 'qemu-mc-cluster')
 AGENT = '/usr/lib/ocf/resource.d/qemu-mc/mc-domain'
+ALERT = '/usr/share/qemu-mc/alerts/mc-protection-alert'
 EMU = '/usr/bin/qemu-mc-system-x86_64'
 IMG = '/usr/bin/qemu-mc-img'
 
@@ -131,6 +132,14 @@ def test_debs_install_run_upgrade_purge():
         # the resource agent, where Pacemaker looks for ocf:qemu-mc:*
         out = root.run(AGENT, 'meta-data').stdout
         assert '<resource-agent name="mc-domain"' in out, out
+        # its alert agent, run as Pacemaker would on an attribute change
+        log = '/var/tmp/mc-alert.log'      # inside the scratch root
+        root.run('env', 'CRM_alert_kind=attribute',
+                 'CRM_alert_attribute_name=mc-protected-vm1',
+                 'CRM_alert_attribute_value=0', 'CRM_alert_node=n1',
+                 'CRM_alert_recipient=' + log, ALERT)
+        out = root.run('cat', log).stdout
+        assert 'vm1 on n1 runs UNPROTECTED' in out, out
 
         # A protected pair run by the installed emulator, no -L.
         port = free_port()
