@@ -46,6 +46,19 @@ LAB_PANICKED = 126
 # writer leave the guest a record every few seconds, so the tests that
 # draw or list delays with a disk writer leave those out here.
 LAB_ENV = 'MC_UDP_DISK_DELAYS=10 MC_REL_DELAYS=10,100'
+# The lab's files go when it powers off: a failed test's whole log goes
+# to the console, and so do the ends of the QEMU logs and guest consoles
+# a test kept (reliability.py keeps a failed run's directory).
+LAB_FAIL_ENV = 'MC_RUN_FAIL_LINES=400'
+LAB_DUMP = '''rc=$?
+if [ $rc != 0 ]; then
+    for f in /tmp/mc-*/*.log /tmp/mc-*/*.serial; do
+        [ -s "$f" ] || continue
+        echo "--- end of $f ---"
+        tail -n 40 "$f" | cut -c1-300
+    done
+fi
+exit $rc'''
 
 
 def job_script(args, patterns=None):
@@ -56,8 +69,10 @@ def job_script(args, patterns=None):
         env = 'MC_TEST_ACCEL=%s %s' % (shlex.quote(args.accel), LAB_ENV)
         if args.test_timeout:
             env += ' MC_TEST_TIMEOUT=%d' % args.test_timeout
-        body = '%s python3 tests/mc/run.py --suite functional %s' % (
-            env, ' '.join(shlex.quote(p) for p in patterns or args.patterns))
+        body = '%s %s python3 tests/mc/run.py --suite functional %s\n%s' % (
+            env, LAB_FAIL_ENV,
+            ' '.join(shlex.quote(p) for p in patterns or args.patterns),
+            LAB_DUMP)
     extra = ''.join('export %s\n' % shlex.quote(e) for e in args.env)
     return 'set -o pipefail\n%s%s\n' % (extra, body)
 

@@ -28,6 +28,9 @@ TOP = os.path.abspath(os.path.join(HERE, '..', '..'))
 BUILD = os.environ.get('MC_BUILD_DIR', os.path.join(TOP, 'build'))
 OBJ = os.path.join(BUILD, 'qemu')
 LOGS = os.path.join(BUILD, 'test-logs')
+# Lines of a failed test's log printed with its verdict; the KVM lab,
+# whose logs stay inside it, asks for more (tests/lab/lab.py)
+FAIL_LINES = int(os.environ.get('MC_RUN_FAIL_LINES', '25'))
 QEMU = os.path.join(OBJ, 'qemu-system-x86_64')
 
 # Upstream migration-test cases kept green on TCG: precopy, postcopy,
@@ -258,7 +261,7 @@ def main():
                                               reason), flush=True)
         if verdict == 'FAIL':
             print('     --- last lines of %s ---' % log)
-            for line in out.splitlines()[-25:]:
+            for line in out.splitlines()[-FAIL_LINES:]:
                 print('     ' + line)
     print('total time %.0fs; logs in %s' % (time.time() - t_all, LOGS))
     print('%d passed, %d failed, %d skipped%s' % (

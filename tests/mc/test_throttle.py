@@ -41,9 +41,12 @@ def wait_for(what, cond, timeout=60):
         time.sleep(0.05)
 
 
-def fast_writer_run(wd, delay, buffer, run_s=RUN_S):
+def fast_writer_run(wd, delay, buffer, run_s=RUN_S, until=None, max_s=0):
     """An MC pair without NIC whose guest dirties 128 MiB flat out, at
-    @delay with a staging buffer of @buffer bytes, run for @run_s s.
+    @delay with a staging buffer of @buffer bytes, run for @run_s s, and
+    then, if @until is given, until until(statistics before, now) is
+    true or @max_s s have passed in all (a nested guest may be slow to
+    get going).
     auto-converge brings precopy to an end against the writer (MC then
     takes the throttle over, at precopy's last value).  Returns (pair,
     statistics before, after, migration status, QMP events in the run,
@@ -59,8 +62,12 @@ def fast_writer_run(wd, delay, buffer, run_s=RUN_S):
         pair.primary.qmp.events.clear()
         m0 = pair.mc()
         serial0 = len(pair.primary.serial())
+        t0 = time.time()
         time.sleep(run_s)
         m1 = pair.mc()
+        while until and not until(m0, m1) and time.time() - t0 < max_s:
+            time.sleep(1)
+            m1 = pair.mc()
         status = pair.primary.qmp.cmd('query-migrate')['status']
         names = [e['event'] for e in pair.primary.qmp.events]
     except BaseException:
