@@ -293,6 +293,7 @@ class Cluster:
         self.alert_dir = tempfile.mkdtemp(prefix='mc-cluster-alerts-')
         os.chmod(self.alert_dir, 0o1777)
         self.fenced = []            # (time, node, action)
+        self.procs = []             # run_in's
         self.nodes = []
         self._stop = threading.Event()
         self._bridges()
@@ -332,8 +333,13 @@ class Cluster:
         sh('ip', '-n', CLIENT_NS, 'link', 'set', 'lo', 'up')
 
     def run_in(self, ns, argv, **kw):
-        """For mcnet's clients: @argv in namespace @ns."""
-        return subprocess.Popen(['ip', 'netns', 'exec', ns] + argv, **kw)
+        """For mcnet's clients: @argv in namespace @ns, ended by close()
+        if still running (a scenario that failed before stopping its
+        client left it running, holding run.py's pipe open: the test
+        then ended only at run.py's 600 s limit)."""
+        proc = subprocess.Popen(['ip', 'netns', 'exec', ns] + argv, **kw)
+        self.procs.append(proc)
+        return proc
 
     # --- fencing ---
 
@@ -402,6 +408,10 @@ class Cluster:
 
     def close(self):
         self._stop.set()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(self.alert_dir, ignore_errors=True)
         for node in self.nodes:
             node.kill()
