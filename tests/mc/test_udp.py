@@ -139,7 +139,12 @@ def kill_run(name, delay, net=True, settle=2.0, disk=False,
         pair.start_mc()
         if disk:
             client = DiskClient(topo, os.path.join(wd, 'client'))
-            client.wait(lambda evs: len(client.oks(evs)) >= 20)
+            try:
+                client.wait(lambda evs: len(client.oks(evs)) >= 20)
+            except TimeoutError as e:
+                # the nested lab's guest has slowed down to a record every
+                # few seconds here (ring, mc-delay 10): say what MC did
+                raise TimeoutError('%s; MC: %s' % (e, pair.mc())) from None
         rx.wait(lambda s: len(s) >= 300)
         # somewhere in an epoch (and, at mc-delay 0, in a send or apply)
         time.sleep(random.uniform(0, max(delay, 20) / 1000.0 * 2))
