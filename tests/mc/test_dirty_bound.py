@@ -45,9 +45,9 @@ def test_dirty_ring_bounds_checkpoints():
             until=lambda m0, m: (m['dirty-bound-checkpoints'] >
                                 m0['dirty-bound-checkpoints']), max_s=60)
         print('status %s; bound %d pages; %d checkpoints acked in %d s or '
-              'more, '
-              '%d for the bound, vCPU waited %d times; pages per checkpoint '
-              'at most %d; staging used up to %d of %d bytes; pause max %d '
+              'more, %d for the bound, vCPU waited %d times; pages per '
+              'checkpoint at most %d; staging used up to %d of %d bytes; '
+              'pause max %d '
               'us; throttle at most %d%%; events %s'
               % (status, m1['dirty-bound-pages'], m1['acked'] - m0['acked'],
                  RUN_S, m1['dirty-bound-checkpoints'],
