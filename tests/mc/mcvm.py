@@ -173,19 +173,92 @@ class VM:
 GUEST_RESET_MARK = 'mc-test: the guest booted again'
 
 
+TRACING = '/sys/kernel/tracing'
+
+
+def kvm_trace_start():
+    """Under KVM (the lab), have the kernel log each vCPU exit for a
+    shutdown (a triple fault) and each exception KVM injects, from now
+    on: KVM reinitialises a vCPU at a shutdown, so only its trace keeps
+    where the guest died.  Returns whether it traces."""
+    if not ACCEL.startswith('kvm'):
+        return False
+    if not os.path.exists(os.path.join(TRACING, 'events')):
+        subprocess.run(['mount', '-t', 'tracefs', 'nodev', TRACING],
+                       check=False, stderr=subprocess.DEVNULL)
+    try:
+        with open(os.path.join(TRACING, 'events/kvm/kvm_exit/filter'),
+                  'w') as f:
+            f.write('exit_reason==127\n')
+        for ev in ('kvm_exit', 'kvm_inj_exception'):
+            with open(os.path.join(TRACING, 'events/kvm', ev, 'enable'),
+                      'w') as f:
+                f.write('1\n')
+        with open(os.path.join(TRACING, 'trace'), 'w') as f:
+            f.write('')
+    except OSError:
+        return False
+    return True
+
+
+def kvm_trace():
+    """What kvm_trace_start() has logged since (lines), or []."""
+    try:
+        with open(os.path.join(TRACING, 'trace')) as f:
+            return [line for line in f if not line.startswith('#')]
+    except OSError:
+        return []
+
+
+def kvm_guest_died(lines):
+    """Why the KVM trace says a guest died, or None: a shutdown exit
+    (triple fault), or a storm of page faults on kernel instruction
+    fetches of pages not present (error code 0x10), which a sound guest
+    kernel never takes: the lab's own kernel dies the same way (see
+    docs/devel/mc-kvm-lab.rst)."""
+    shutdowns = sum(1 for line in lines if 'reason shutdown' in line)
+    fetch = sum(1 for line in lines if '#PF (0x10)' in line and
+                'reinjected' not in line)
+    if shutdowns:
+        return 'a KVM guest triple-faulted (%d shutdown exits)' % shutdowns
+    if fetch >= 10:
+        return ('KVM injected %d page faults on kernel instruction fetches '
+                'of absent pages' % fetch)
+    return None
+
+
+def guest_resets(vm):
+    """The guest resets QMP reported on @vm (RESET, from the guest: a
+    triple fault or its own reboot), reading what is pending if it
+    still runs."""
+    if vm.proc.poll() is None:
+        try:
+            vm.qmp.cmd('query-status')
+        except Exception:       # pylint: disable=broad-except
+            pass
+    return sum(1 for e in vm.qmp.events if e.get('event') == 'RESET' and
+               (e.get('data') or {}).get('guest'))
+
+
 def report_guest_resets(vms):
     """Print GUEST_RESET_MARK for each of @vms ({role: VM}) whose guest
     booted after MC began: a primary that came up twice, a standby that
     came up at all (it only ever runs from a checkpoint of a guest that
-    was up)."""
+    was up), or any whose guest QMP saw reset (a guest that resets
+    again and again while it boots never reaches its console's
+    "ready")."""
     for role, vm in vms.items():
         try:
             boots = vm.serial().count('mc-guest: ready')
         except OSError:
             continue
-        if boots > (1 if role == 'primary' else 0):
-            print('%s (%s, %d boots on its console)' % (GUEST_RESET_MARK,
-                                                        role, boots))
+        try:
+            resets = guest_resets(vm)
+        except Exception:       # pylint: disable=broad-except
+            resets = 0
+        if boots > (1 if role == 'primary' else 0) or resets:
+            print('%s (%s, %d boots on its console, %d guest resets on '
+                  'QMP)' % (GUEST_RESET_MARK, role, boots, resets))
 
 
 def guest_args(append='', mem='256M', extra=(), machine='q35'):

@@ -178,15 +178,20 @@ def run_case(c):
         return out + '\nTIMEOUT after %ds\n' % c.timeout, -1
 
 
-def rerun_after_guest_reset(out):
-    """In the KVM lab a KVM guest resets itself now and then (a triple
-    fault: a second boot on its console, no panic), with or without MC:
-    seen under plain `info registers` polling too.  A test that failed
-    where a guest booted again is run once more there, and says so.
-    Never outside the lab (MC_TEST_ACCEL kvm...), never twice."""
-    from mcvm import GUEST_RESET_MARK
-    return (os.environ.get('MC_TEST_ACCEL', '').startswith('kvm') and
-            GUEST_RESET_MARK in out)
+def rerun_after_guest_reset(out, trace):
+    """In the KVM lab a KVM guest dies now and then with or without MC
+    (seen under plain `info registers` polling too): a triple fault and
+    a reset (a second boot on its console, or QMP's RESET), or a loop of
+    page faults on its kernel's code; the lab's own kernel dies of the
+    same page faults.  A test that failed where that happened is run
+    once more there; why is returned (None: no rerun).  Never outside
+    the lab (MC_TEST_ACCEL kvm...), never twice."""
+    from mcvm import GUEST_RESET_MARK, kvm_guest_died
+    if not os.environ.get('MC_TEST_ACCEL', '').startswith('kvm'):
+        return None
+    if GUEST_RESET_MARK in out:
+        return 'a guest booted again'
+    return kvm_guest_died(trace)
 
 
 def main():
@@ -211,6 +216,7 @@ def main():
             print('%s %s' % (c.suite, c.name))
         return 0
 
+    from mcvm import kvm_trace, kvm_trace_start
     os.makedirs(LOGS, exist_ok=True)
     passed = failed = skipped = reruns = 0
     failures = []
@@ -218,15 +224,19 @@ def main():
     for c in cases:
         log = os.path.join(LOGS, re.sub(r'[^\w.-]+', '_', c.suite + '-' + c.name) + '.log')
         t0 = time.time()
+        tracing = kvm_trace_start()
         out, rc = run_case(c)
-        if rc not in (0, 77) and rerun_after_guest_reset(out):
+        why = rc not in (0, 77) and rerun_after_guest_reset(
+            out, kvm_trace() if tracing else [])
+        if why:
             # the failed run's log is kept beside the rerun's
             with open(log + '.before-rerun', 'w') as f:
                 f.write(out)
-            print('RERUN %-10s %-55s: a guest booted again (nested KVM, '
-                  'seen without MC too); log in %s.before-rerun' % (
-                      c.suite, c.name, log), flush=True)
+            print('RERUN %-10s %-55s: %s (nested KVM, seen without MC '
+                  'too); log in %s.before-rerun' % (
+                      c.suite, c.name, why, log), flush=True)
             reruns += 1
+            kvm_trace_start()
             out, rc = run_case(c)
         with open(log, 'w') as f:
             f.write(out)
@@ -266,7 +276,7 @@ def main():
     print('total time %.0fs; logs in %s' % (time.time() - t_all, LOGS))
     print('%d passed, %d failed, %d skipped%s' % (
         passed, failed, skipped,
-        ', %d rerun after a guest reset' % reruns if reruns else ''))
+        ', %d rerun after a guest died' % reruns if reruns else ''))
     return 1 if failed else 0
 
 

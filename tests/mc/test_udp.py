@@ -41,12 +41,13 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import time
 
 from mcdisk import (Disk, DiskClient, DiskPair, make_empty_image,
                     make_fs_image, need_tools)
-from mcnet import CLIENT_IP, Cut, EventLog, Topology, Pair
-from mcvm import workdir
+from mcnet import CLIENT_IP, GUEST_IP, Cut, EventLog, Topology, Pair
+from mcvm import ACCEL, kvm_trace, workdir
 
 PORT = 7100
 INTERVAL_US = 1000
@@ -108,6 +109,48 @@ def unreleased(trace, resumed):
     return sum(1 for e in held if released < e <= resumed), released, sealed
 
 
+def stuck_guest(topo, pair):
+    """What a guest that stopped sending is doing: whether it answers a
+    ping (its kernel and NIC work), whether MC's counters move, its
+    vCPUs, local APICs and virtio queues, its console."""
+    ping = subprocess.run(['ip', 'netns', 'exec', topo.cl, 'ping', '-c', '3',
+                           '-W', '1', GUEST_IP], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    before = pair.mc()
+    time.sleep(2)
+    after = pair.mc()
+    moved = {k: (before[k], after[k]) for k in
+             ('checkpoints', 'disk-writes', 'net-released-packets',
+              'dirty-pages-last') if k in before}
+    vm = pair.primary
+    parts = ['ping: %s' % ping.stdout.strip().splitlines()[-2:],
+             'in 2 s: %s' % moved, 'status %s' % vm.qmp.cmd('query-status')]
+    for line in ('info cpus', 'info registers', 'info lapic 0',
+                 'info virtio'):
+        try:
+            parts.append('%s:\n%s' % (line, vm.qmp.hmp(line)))
+        except Exception as e:      # pylint: disable=broad-except
+            parts.append('%s: %s' % (line, e))
+    try:
+        for dev in vm.qmp.cmd('x-query-virtio'):
+            for q in range(3):
+                try:
+                    st = vm.qmp.cmd('x-query-virtio-queue-status',
+                                    path=dev['path'], queue=q)
+                except Exception:   # pylint: disable=broad-except
+                    break
+                parts.append('%s queue %d: %s' % (dev['name'], q, st))
+    except Exception as e:          # pylint: disable=broad-except
+        parts.append('x-query-virtio: %s' % e)
+    parts.append('events: %s' % [(e['event'], e.get('data'))
+                                 for e in vm.qmp.events])
+    parts.append('output ends:\n%s' % vm.output()[-2000:])
+    parts.append('serial ends:\n%s' % vm.serial()[-2000:])
+    if ACCEL.startswith('kvm'):
+        parts.append('KVM trace ends:\n%s' % ''.join(kvm_trace()[-40:]))
+    return '\n'.join(parts)
+
+
 def kill_run(name, delay, net=True, settle=2.0, disk=False,
              interval_us=INTERVAL_US):
     """One pair: MC on, datagrams flowing, kill -9 the primary at a random
@@ -142,9 +185,10 @@ def kill_run(name, delay, net=True, settle=2.0, disk=False,
             try:
                 client.wait(lambda evs: len(client.oks(evs)) >= 20)
             except TimeoutError as e:
-                # the nested lab's guest has slowed down to a record every
-                # few seconds here (ring, mc-delay 10): say what MC did
-                raise TimeoutError('%s; MC: %s' % (e, pair.mc())) from None
+                # the nested lab's guest has stopped writing here (ring,
+                # mc-delay 10): say what MC and the guest did
+                raise TimeoutError('%s; MC: %s; %s' % (
+                    e, pair.mc(), stuck_guest(topo, pair))) from None
         rx.wait(lambda s: len(s) >= 300)
         # somewhere in an epoch (and, at mc-delay 0, in a send or apply)
         time.sleep(random.uniform(0, max(delay, 20) / 1000.0 * 2))
