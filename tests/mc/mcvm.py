@@ -227,12 +227,23 @@ def kvm_guest_died(lines):
     return None
 
 
+def process_stopped(pid):
+    """Whether @pid is stopped (SIGSTOP: a test froze it); it would not
+    answer QMP."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] in ('T', 't')
+    except (OSError, IndexError):
+        return False
+
+
 def guest_resets(vm):
     """The guest resets QMP reported on @vm (RESET, from the guest: a
     triple fault or its own reboot), reading what is pending if it
     still runs."""
-    if vm.proc.poll() is None:
+    if vm.proc.poll() is None and not process_stopped(vm.proc.pid):
         try:
+            vm.qmp.sock.settimeout(5)
             vm.qmp.cmd('query-status')
         except Exception:       # pylint: disable=broad-except
             pass
